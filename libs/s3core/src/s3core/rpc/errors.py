@@ -1,0 +1,34 @@
+"""The one place where domain errors become gRPC status codes (and back, on the client side)."""
+
+from __future__ import annotations
+
+import grpc
+
+from s3core.errors import InvalidArgument, NotFound, S3Error, Unavailable
+
+_TO_CODE: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for cls, code in _TO_CODE:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def from_rpc_error(err: grpc.RpcError, what: str) -> S3Error:
+    """Turn a client-side ``grpc.RpcError`` into a domain error with a readable message."""
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    msg = f"{what}: {details}"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(msg)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(msg)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(f"{msg} ({code.name})")
+    return S3Error(f"{msg} ({code.name if code else 'unknown'})")

@@ -1,0 +1,109 @@
+"""A small threaded HTTP side-server per service: ``/metrics``, ``/healthz`` and extra routes.
+
+Services add routes (the retriever's Search-R1-compatible ``POST /retrieve``).  Handlers receive the
+parsed JSON body and return ``(status, json_obj)``; a :class:`~s3core.errors.S3Error` becomes a 4xx
+JSON error with its message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from s3core.errors import InvalidArgument, NotFound, S3Error
+
+logger = logging.getLogger(__name__)
+
+JsonHandler = Callable[[Any], tuple[int, Any]]
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class SideServer:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool] | None = None) -> None:
+        self.routes: dict[tuple[str, str], JsonHandler] = {}
+        self._ready = ready or (lambda: True)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt: str, *args: Any) -> None:  # quiet access log
+                logger.debug("http %s", fmt % args)
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, status: int, obj: Any) -> None:
+                self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = outer._ready()
+                    self._json(200 if ok else 503, {"status": "ok" if ok else "loading"})
+                elif ("GET", path) in outer.routes:
+                    self._dispatch("GET", path, None)
+                else:
+                    self._json(404, {"error": f"no route GET {path}"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if ("POST", path) not in outer.routes:
+                    self._json(404, {"error": f"no route POST {path}"})
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    self._json(400, {"error": "bad Content-Length"})
+                    return
+                if length < 0 or length > MAX_BODY_BYTES:
+                    self._json(413, {"error": f"body must be at most {MAX_BODY_BYTES} bytes"})
+                    return
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw.decode("utf-8")) if raw else None
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    self._json(400, {"error": f"request body is not valid JSON: {exc}"})
+                    return
+                self._dispatch("POST", path, body)
+
+            def _dispatch(self, method: str, path: str, body: Any) -> None:
+                try:
+                    status, obj = outer.routes[(method, path)](body)
+                except InvalidArgument as exc:
+                    status, obj = 400, {"error": str(exc)}
+                except NotFound as exc:
+                    status, obj = 404, {"error": str(exc)}
+                except S3Error as exc:
+                    status, obj = 503, {"error": str(exc)}
+                except Exception as exc:  # noqa: BLE001
+                    logger.exception("http %s %s failed", method, path)
+                    status, obj = 500, {"error": f"internal error: {type(exc).__name__}"}
+                self._json(status, obj)
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="s3-http", daemon=True)
+
+    def route(self, method: str, path: str, handler: JsonHandler) -> None:
+        self.routes[(method.upper(), path)] = handler
+
+    def start(self) -> "SideServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

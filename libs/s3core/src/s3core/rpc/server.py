@@ -1,0 +1,168 @@
+"""Bootstrap shared by every gRPC server: aio server, health, reflection, metrics, error mapping.
+
+A service's ``server.py`` builds its servicer from s3core objects, then calls :func:`start_server`.
+Domain errors raised inside a handler are mapped to status codes by :class:`ErrorAndMetricsInterceptor`
+so servicers never deal with status codes for expected failures; unexpected exceptions become
+``INTERNAL`` (logged with a traceback) and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from s3core.errors import S3Error
+from s3core.rpc.errors import status_for
+from s3core.telemetry.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _split_method(full: str) -> tuple[str, str]:
+    # "/s3.v1.Retriever/Search" -> ("s3.v1.Retriever", "Search")
+    parts = full.strip("/").split("/")
+    return (parts[0], parts[1]) if len(parts) == 2 else (full, "")
+
+
+class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC; maps domain errors to status codes."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, method = _split_method(handler_call_details.method)
+        if service.startswith("grpc."):
+            return handler  # health and reflection: not ours to count
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                GRPC_STARTED.labels(service, method).inc()
+                start = time.perf_counter()
+                code = grpc.StatusCode.OK
+                try:
+                    return await inner(request, context)
+                except S3Error as exc:
+                    code = status_for(exc)
+                    await context.abort(code, str(exc))
+                except Exception as exc:  # noqa: BLE001 - anything unexpected
+                    if isinstance(exc, grpc.aio.AbortError):
+                        code = context.code() or grpc.StatusCode.UNKNOWN
+                        raise
+                    code = grpc.StatusCode.INTERNAL
+                    logger.exception("%s/%s failed", service, method)
+                    await context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+                finally:
+                    ctx_code = context.code()
+                    if isinstance(ctx_code, grpc.StatusCode) and code == grpc.StatusCode.OK:
+                        code = ctx_code
+                    GRPC_HANDLED.labels(service, method, code.name).inc()
+                    GRPC_HANDLING_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                GRPC_STARTED.labels(service, method).inc()
+                start = time.perf_counter()
+                code = grpc.StatusCode.OK
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except S3Error as exc:
+                    code = status_for(exc)
+                    await context.abort(code, str(exc))
+                except Exception as exc:  # noqa: BLE001
+                    if isinstance(exc, grpc.aio.AbortError):
+                        code = context.code() or grpc.StatusCode.UNKNOWN
+                        raise
+                    code = grpc.StatusCode.INTERNAL
+                    logger.exception("%s/%s failed", service, method)
+                    await context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+                finally:
+                    GRPC_HANDLED.labels(service, method, code.name).inc()
+                    GRPC_HANDLING_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+@dataclass
+class RunningServer:
+    """A started gRPC server plus its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    service_names: list[str] = field(default_factory=list)
+
+    async def set_serving(self, serving: bool = True) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    register: Callable[[grpc.aio.Server], None],
+    service_names: list[str],
+    bind: str = "127.0.0.1:0",
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> RunningServer:
+    """Create, register and start an aio server on ``bind`` (``host:port``; port 0 picks one).
+
+    The health service starts NOT_SERVING for every name; call ``set_serving()`` once the
+    service's index or model is loaded.
+    """
+    server = grpc.aio.server(
+        interceptors=[ErrorAndMetricsInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(bind)
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {bind}")
+    running = RunningServer(server=server, port=port, health=health, service_names=list(service_names))
+    await running.set_serving(False)
+    await server.start()
+    return running

@@ -1,0 +1,75 @@
+"""The common ``main`` of every service process.
+
+Order of start-up: bind gRPC (health NOT_SERVING) and the HTTP side-server → load the heavy part
+(index, model) in a thread → health SERVING → write the ready file (``{"grpc_port", "http_port",
+"pid"}``, atomically) → serve until SIGTERM/SIGINT → graceful stop.  Binding first means Kubernetes
+probes and ``s3 up`` see a live-but-loading server instead of a refused connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+
+from s3core.io import write_json
+from s3core.rpc.http import SideServer
+from s3core.rpc.server import DEFAULT_MAX_MESSAGE_BYTES, start_server
+
+logger = logging.getLogger(__name__)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (s3core.config)")
+    parser.add_argument("--preset", action="append", default=[], help="config preset (repeatable)")
+    parser.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="gRPC port (0 = pick a free one)")
+    parser.add_argument("--http-port", type=int, help="HTTP port for /metrics, /healthz (0 = pick)")
+    parser.add_argument("--ready-file", help="write {grpc_port, http_port, pid} here once serving")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ...")
+
+
+@dataclass
+class ServiceSpec:
+    name: str  # e.g. "retriever"
+    service_names: list[str]  # full gRPC service names, e.g. ["s3.v1.Retriever"]
+    register: Callable[[grpc.aio.Server], None]
+    load: Callable[[], None]  # heavy loading; runs in a thread after the ports are bound
+    is_ready: Callable[[], bool]
+    setup_http: Callable[[SideServer], None] | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_file: str | None = None) -> None:
+    running = await start_server(spec.register, spec.service_names, f"{host}:{port}", spec.max_message_bytes)
+    side = SideServer(host, http_port, ready=spec.is_ready)
+    if spec.setup_http is not None:
+        spec.setup_http(side)
+    side.start()
+    logger.info("%s: gRPC on %s:%d, HTTP on %s:%d; loading", spec.name, host, running.port, host, side.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+
+    try:
+        await asyncio.to_thread(spec.load)
+        await running.set_serving(True)
+        if ready_file:
+            write_json(ready_file, {"grpc_port": running.port, "http_port": side.port, "pid": os.getpid()})
+        logger.info("%s: serving", spec.name)
+        await stop.wait()
+    finally:
+        logger.info("%s: shutting down", spec.name)
+        await running.stop(grace=2.0)
+        side.stop()
