@@ -6,7 +6,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import regex
 

@@ -1,6 +1,18 @@
 """Data loading (FlashRAG questions, wiki-18 / DPR corpora) and the synthetic fictional-world generator."""
 
-from s3core.data.io import corpus_sha256, dataset_name, iter_corpus, load_corpus, load_questions, parse_contents
+from typing import TYPE_CHECKING
+
+from s3core.data.io import (
+    corpus_sha256,
+    dataset_name,
+    iter_corpus,
+    load_corpus,
+    load_questions,
+    parse_contents,
+)
+
+if TYPE_CHECKING:
+    from s3core.data.synth import synthesize
 
 __all__ = [
     "corpus_sha256",

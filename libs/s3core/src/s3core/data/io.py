@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from s3core.errors import DataError, InvalidArgument
 from s3core.types import Doc, Question
@@ -32,11 +33,7 @@ def _check_file(path: PathLike) -> None:
 def _iter_json_lines(path: PathLike) -> Iterator[tuple[int, Any]]:
     """Yield ``(lineno, parsed)`` for each non-blank line; bad UTF-8 or JSON raises DataError."""
     _check_file(path)
-    try:
-        fh = Path(path).open("rb")
-    except FileNotFoundError:
-        raise DataError(str(path), None, "no such file") from None
-    with fh:
+    with Path(path).open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8")

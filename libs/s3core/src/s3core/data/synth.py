@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from s3core.data.io import corpus_sha256
 from s3core.errors import InvalidArgument
@@ -141,14 +142,15 @@ _COMPANY_SUFFIXES = ("Works", "Industries", "Holdings", "Group", "Company", "Lab
 _BAND_NOUNS = ("Lanterns", "Orchards", "Sparrows", "Engines", "Tides", "Mirrors", "Harbours", "Comets", "Ferns", "Kites")
 _UNIVERSITY_KINDS = ("Institute", "College", "Academy", "Polytechnic", "University")
 
-# Words a generated name must never equal (template words and common short English words).
+# Words a generated name must never equal (template words and common English words); names
+# shorter than five letters are rejected anyway.
 _RESERVED = frozenset(
-    """a an the and or of in on at to by for from with is was be it its as city river sea band
-    company group works labs mills foundry trading holdings industries institute college academy
-    university polytechnic festival accord fair cup flood exhibition born founded capital
-    currency language country lead singer rector first north south east west centre she he her
-    his they them their man men woman women kind bar bin dan den don ken lin lis mar mor ron
-    sam ted tom rose rosa mark nora anna dora vera iris lena mina nina ona ella""".split()
+    (
+        "river", "company", "group", "works", "mills", "foundry", "trading", "holdings", "industries",
+        "institute", "college", "academy", "university", "polytechnic", "festival", "accord", "flood",
+        "exhibition", "founded", "capital", "currency", "language", "country", "singer", "rector",
+        "first", "north", "south", "centre", "their", "woman", "women",
+    )
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -227,10 +229,10 @@ class _Names:
         rng = self.rng
         for _ in range(10_000):
             n = rng.randint(*syllables)
-            parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n)]
-            w = "".join(parts) + rng.choice(endings)
+            parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n)]
+            w = "".join(parts) + rng.choice(_CODAS) + rng.choice(endings)
             low = w.lower()
-            if len(low) < 4 or len(low) > 12 or low in self.used or low in _RESERVED:
+            if len(low) < 5 or len(low) > 11 or low in self.used or low in _RESERVED:
                 continue
             if any(c * 3 in low for c in "abcdefghijklmnopqrstuvwxyz"):
                 continue
@@ -250,8 +252,7 @@ def _kind_counts(n_entities: int) -> dict[str, int]:
     return counts
 
 
-def _build_world(rng: random.Random, n_entities: int) -> dict[str, list[_Entity]]:
-    names = _Names(rng)
+def _build_world(rng: random.Random, names: _Names, n_entities: int) -> dict[str, list[_Entity]]:
     counts = _kind_counts(n_entities)
     world: dict[str, list[_Entity]] = {}
 
@@ -348,12 +349,7 @@ def _build_world(rng: random.Random, n_entities: int) -> dict[str, list[_Entity]
             "source": rng.choice(cities), "length": rng.randint(40, 1900), "mouth": rng.choice(seas),
         }))
     world["river"] = rivers
-    world["_names"] = []  # placeholder so the type stays uniform; see _names_of
-    _NAMES_BY_WORLD[id(world)] = names
     return world
-
-
-_NAMES_BY_WORLD: dict[int, _Names] = {}
 
 
 def _article(word: str) -> str:
@@ -470,6 +466,12 @@ _FILLERS: dict[str, tuple[str, ...]] = {
         "{S} received several regional honours during a long career.",
         "Friends recall that {o} could talk for hours about almost any subject.",
         "{P} letters, published after a long delay, reveal a dry sense of humour.",
+        "{S} spent several summers working in a small mountain village.",
+        "{S} was an early riser who did most of the day's work before breakfast.",
+        "A short documentary about {o} was shown on regional television.",
+        "{S} served on the boards of two charitable trusts.",
+        "{P} portrait hangs in the reading room of a local library.",
+        "{S} learned three languages and read widely in each of them.",
     ),
     "city": (
         "{S} has a mild climate with wet winters and warm summers.",
@@ -480,6 +482,14 @@ _FILLERS: dict[str, tuple[str, ...]] = {
         "{S} hosts a weekly market that draws traders from the surrounding villages.",
         "{P} football club has a loyal following.",
         "{S} expanded rapidly during the last century.",
+        "{P} town hall was rebuilt after a fire destroyed the original building.",
+        "{S} is surrounded by farmland, orchards and low wooded hills.",
+        "{S} has several museums, a concert hall and a large public park.",
+        "The streets of {o} are busiest on market days and public holidays.",
+        "{S} is twinned with towns in several neighbouring regions.",
+        "{P} economy depends on trade, small workshops and tourism.",
+        "Many residents of {o} commute by bicycle.",
+        "{S} has a reputation for hearty food and strong coffee.",
     ),
     "country": (
         "{S} is a parliamentary republic with a small standing army.",
@@ -488,6 +498,14 @@ _FILLERS: dict[str, tuple[str, ...]] = {
         "{P} national holiday is celebrated with fireworks and music.",
         "{S} is divided into a dozen provinces.",
         "{P} mountains are popular with hikers in summer.",
+        "{S} has a temperate climate with distinct seasons.",
+        "{P} parliament meets in a former royal palace.",
+        "{S} is known abroad for its wool, cheese and timber.",
+        "{P} flag shows three horizontal bands and a star.",
+        "{S} has a literacy rate close to one hundred percent.",
+        "{S} maintains embassies in most neighbouring states.",
+        "{P} railway network links all of the larger towns.",
+        "{S} hosts a well-attended folk music competition each year.",
     ),
     "company": (
         "{S} employs staff across several regional offices.",
@@ -497,6 +515,13 @@ _FILLERS: dict[str, tuple[str, ...]] = {
         "{P} logo has changed only once in its history.",
         "{S} sponsors a number of local charities.",
         "{S} was restructured after a difficult decade.",
+        "{S} exports a large share of its products to neighbouring markets.",
+        "{S} runs an apprenticeship scheme for school leavers.",
+        "{P} products are sold through a network of independent dealers.",
+        "{S} has been the subject of several business school case studies.",
+        "{S} opened a small museum about its own history.",
+        "{P} workforce is represented by a long-established trade union.",
+        "{S} invests a steady share of its revenue in research.",
     ),
     "band": (
         "{S} has released several albums to warm reviews.",
@@ -505,6 +530,14 @@ _FILLERS: dict[str, tuple[str, ...]] = {
         "Critics have praised {o} for its inventive arrangements.",
         "{S} went on a long hiatus before returning with new material.",
         "{P} fan club publishes a small newsletter.",
+        "{S} has changed drummers several times over the years.",
+        "{P} second album is often named as its best work.",
+        "{S} recorded a live album during a sold-out winter tour.",
+        "{S} is known for elaborate stage lighting and costumes.",
+        "{P} songs have appeared in several films and advertisements.",
+        "{S} signed with an independent label after years of self-released records.",
+        "{S} rarely plays its early singles in concert.",
+        "{P} music videos are usually filmed in a single take.",
     ),
     "river": (
         "{S} is popular with anglers and canoeists.",
@@ -513,6 +546,10 @@ _FILLERS: dict[str, tuple[str, ...]] = {
         "Several old mills once stood along {o}.",
         "{S} is crossed by a number of stone and iron bridges.",
         "{P} waters are home to trout and otters.",
+        "{S} freezes over in unusually cold winters.",
+        "{P} lower course is navigable by small barges.",
+        "{S} feeds a chain of reservoirs that supply drinking water.",
+        "A long-distance footpath follows {o} for much of its course.",
     ),
     "university": (
         "{S} offers degrees in the sciences and the humanities.",
@@ -521,13 +558,20 @@ _FILLERS: dict[str, tuple[str, ...]] = {
         "{S} is organised into several faculties.",
         "{S} admits students from across the region.",
         "{P} main building has a distinctive copper roof.",
+        "{S} runs an observatory on a nearby hill.",
+        "{P} botanical garden is open to the public.",
+        "{S} hosts a summer school for visiting researchers.",
+        "{P} alumni include several well-known writers and engineers.",
     ),
 }
 
 
 def _forms(e: _Entity, named: bool) -> dict[str, str]:
     if named:
-        return {"S": e.name, "o": e.name, "P": f"{e.name}'s", "p": f"{e.name}'s"}
+        poss = f"{e.name}'" if e.name.endswith("s") else f"{e.name}'s"
+        if e.kind == "river":
+            return {"S": f"The {e.name}", "o": f"the {e.name}", "P": f"The {poss}", "p": f"the {poss}"}
+        return {"S": e.name, "o": e.name, "P": poss, "p": poss}
     if e.kind == "person":
         s, o, p = ("She", "her", "her") if e.gender == "f" else ("He", "him", "his")
     else:
@@ -567,9 +611,8 @@ def _entity_passages(rng: random.Random, e: _Entity, n_passages: int) -> list[_P
         target = rng.randint(MIN_WORDS + 5, 75)
         while fillers and _words(" ".join(sentences)) < target:
             sentence = _render(fillers.pop(), e, False, values)
-            if _words(" ".join(sentences)) + _words(sentence) > MAX_WORDS:
-                break
-            sentences.append(sentence)
+            if _words(" ".join(sentences)) + _words(sentence) <= MAX_WORDS:
+                sentences.append(sentence)
         passages.append(_Passage(e.name, " ".join(sentences), frozenset(facts), e))
     return passages
 
@@ -775,7 +818,8 @@ def _two_hop(e: _Entity) -> list[_Candidate]:
 
 def _two_hop_ok(c: _Candidate) -> bool:
     """The answer is absent from every subject passage; the subject is absent from the bridge's."""
-    assert c.bridge is not None
+    if c.bridge is None:
+        return False
     subject_texts = [p.full for p in c.subject.passages]
     bridge_texts = [p.full for p in c.bridge.passages]
     if answer_in_docs(c.golds, subject_texts):
@@ -853,9 +897,8 @@ def synthesize(
         raise InvalidArgument(f"distractor_ratio must be in [0, 5], got {distractor_ratio}")
 
     rng = random.Random(seed)
-    world = _build_world(rng, n_entities)
-    names = _NAMES_BY_WORLD.pop(id(world))
-    del world["_names"]
+    names = _Names(rng)
+    world = _build_world(rng, names, n_entities)
     kinds = ("country", "city", "person", "university", "company", "band", "river")
     two_passage_prob = {"person": 1.0, "company": 0.7, "band": 0.6, "country": 1.0, "city": 0.4,
                         "river": 0.0, "university": 0.0}
