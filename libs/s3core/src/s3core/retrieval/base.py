@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from s3core.errors import InvalidArgument
 from s3core.types import Doc
@@ -41,7 +42,7 @@ class Retriever(abc.ABC):
     def info(self) -> IndexInfo:
         """Name, backend, size, corpus hash, encoder and build parameters."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release files / memory maps (optional)."""
 
 

@@ -17,8 +17,8 @@ import mmap
 import os
 import threading
 from array import array
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
