@@ -154,7 +154,9 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     # the paper's headline setting: retrieve 8, select at most 3, 3 turns
     "8-3-3": {"search": {"retrieve_k": 8, "select_max": 3, "max_turns": 3}},
+    "5-3-3": {"search": {"retrieve_k": 5, "select_max": 3, "max_turns": 3}},
     "5-3-4": {"search": {"retrieve_k": 5, "select_max": 3, "max_turns": 4}},
+    "3-3-4": {"search": {"retrieve_k": 3, "select_max": 3, "max_turns": 4}},
     "3-3-3": {"search": {"retrieve_k": 3, "select_max": 3, "max_turns": 3}},
     # CPU-only embedded default: small local models
     "embedded": {"generator": {"backend": "hf", "model": EMBEDDED_GENERATOR}},
