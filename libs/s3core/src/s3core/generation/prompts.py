@@ -23,27 +23,33 @@ __all__ = [
 PROMPT_VERSION = "s3-gen-v1"
 
 # --- answering -----------------------------------------------------------------------------------
-# Tuned on SmolLM2-135M-Instruct (see the generation README notes in the report): a system line that
-# says "copy the answer" plus a user turn that ends with "Answer:" gave the shortest, most extractive
-# answers.  Larger models follow it just as well.
+# Tuned on SmolLM2-135M-Instruct over PopQA questions with their gold passages: an explicit word
+# budget ("1 to 5 words") repeated at the end of the user turn gave the shortest answers and the best
+# span match of the variants tried (longer instructions, few-shot demonstrations, "copy from the
+# documents" wording all made this small model ramble more).
 
-_ANSWER_SYSTEM = (
-    "You answer questions using the documents given. "
-    "Reply with the answer only: a few words copied from the documents. No explanation, no full sentence."
+_ANSWER_SYSTEM = "Be concise."
+_ANSWER_USER = (
+    "Answer the question in 1 to 5 words, using the documents.\n\n"
+    "Documents:\n{context}\n\n"
+    "Question: {question}\n"
+    "Answer (1-5 words):"
 )
-_ANSWER_USER = "{context}\n\nQuestion: {question}\nAnswer in a few words."
 
-_CLOSED_SYSTEM = "You answer questions. Reply with the answer only: a few words. No explanation, no full sentence."
-_CLOSED_USER = "Question: {question}\nAnswer in a few words."
+_CLOSED_SYSTEM = "Be concise."
+_CLOSED_USER = "Answer the question in 1 to 5 words.\n\nQuestion: {question}\nAnswer (1-5 words):"
 
 # --- judging -------------------------------------------------------------------------------------
-_JUDGE_SYSTEM = "You check answers to questions. Reply with one word: yes or no."
+# With SmolLM2-135M no wording tried judged better than chance on the cases that reach the judge
+# (span match already failed): "is it correct?"-style prompts say yes to almost everything, which
+# would inflate GenAcc.  This wording is the conservative one (it rarely says yes); use
+# ``generator.judge: none`` with the embedded model and a real judge model otherwise.
+_JUDGE_SYSTEM = "Be concise."
 _JUDGE_USER = (
     "Question: {question}\n"
-    "Correct answers: {golds}\n"
-    "Response: {response}\n\n"
-    "Does the response contain one of the correct answers, or say the same thing in other words? "
-    "Reply yes or no."
+    "Reference answer: {golds}\n"
+    "Candidate answer: {response}\n\n"
+    "Does the candidate answer contain the reference answer or mean the same as it? Reply yes or no."
 )
 
 
@@ -85,7 +91,7 @@ def answer_messages(question: str, docs: Sequence[Doc]) -> list[dict[str, str]]:
 
 def judge_messages(question: str, response: str, golds: Sequence[str]) -> list[dict[str, str]]:
     """Chat messages asking whether ``response`` contains (or is equivalent to) any gold answer."""
-    gold_text = " | ".join(_one_line(g) for g in golds)
+    gold_text = " or ".join(_one_line(g) for g in golds if g.strip())
     return [
         {"role": "system", "content": _JUDGE_SYSTEM},
         {
@@ -98,11 +104,8 @@ def judge_messages(question: str, response: str, golds: Sequence[str]) -> list[d
 
 
 def postprocess_answer(text: str) -> str:
-    """Strip, keep the first line, drop a leading ``Answer:``."""
+    """Strip, drop a leading ``Answer:``, keep the first line."""
     s = text.strip()
-    if not s:
-        return ""
-    s = s.splitlines()[0].strip()
     if s[:7].lower() == "answer:":
         s = s[7:].strip()
-    return s
+    return s.splitlines()[0].strip() if s else ""
