@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -49,7 +48,7 @@ def test_eval_end_to_end_writes_results(world, tmp_path):
     for method in ("no-retrieval", "naive-rag"):
         res = json.loads((out / method / "results.json").read_text())
         assert set(res["datasets"]) == {"synth_1hop", "synth_2hop"}
-        for name, row in res["datasets"].items():
+        for row in res["datasets"].values():
             assert row["n"] == 4
             for key in ("genacc", "em", "f1", "span"):
                 assert 0.0 <= row[key] <= 1.0

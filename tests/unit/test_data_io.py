@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from s3core.data import (
     corpus_sha256,
     dataset_name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+
 from s3core.metrics import (
     answer_in_docs,
     empty_golds,

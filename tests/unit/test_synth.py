@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from s3core.data import corpus_sha256, iter_corpus, load_questions
 from s3core.data.synth import synthesize
 from s3core.errors import InvalidArgument

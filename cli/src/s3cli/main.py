@@ -129,6 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         build_index(data / "corpus.jsonl", "bm25", index)
     c.print(f"index in {index}")
     c.rule("3/3  evaluate no-retrieval and naive-RAG through the gRPC services")
+    if not args.preset and not args.config:
+        args.preset = ["embedded"]
     cfg = _load_config(args)
     job = EvalJob(
         questions=[str(data / "synth_1hop.jsonl"), str(data / "synth_2hop.jsonl")],
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the embedded default (synth → index → eval)")
     p.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=60, help="questions per dataset (default 60)")
+    p.add_argument("--limit", type=int, default=50, help="questions per dataset (default 50)")
     _common_config(p)
     _generator_flags(p)
     p.set_defaults(func=cmd_demo)

@@ -158,8 +158,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "5-3-4": {"search": {"retrieve_k": 5, "select_max": 3, "max_turns": 4}},
     "3-3-4": {"search": {"retrieve_k": 3, "select_max": 3, "max_turns": 4}},
     "3-3-3": {"search": {"retrieve_k": 3, "select_max": 3, "max_turns": 3}},
-    # CPU-only embedded default: small local models
-    "embedded": {"generator": {"backend": "hf", "model": EMBEDDED_GENERATOR}},
+    # CPU-only embedded default: small local models.  SmolLM2-135M judges no better than chance
+    # (measured: it says yes as often to wrong answers as to right ones), so GenAcc = span match.
+    "embedded": {"generator": {"backend": "hf", "model": EMBEDDED_GENERATOR, "judge": "none"}},
     # the paper's GPU setting (spec §6): 14B generator on vLLM
     "gpu": {
         "generator": {

@@ -25,6 +25,8 @@ from s3core.retrieval.store import DocStore, DocStoreWriter
 from s3core.types import Doc
 
 logger = logging.getLogger(__name__)
+# bm25s forces its own logger to DEBUG on import; keep it at the process level or WARNING.
+logging.getLogger("bm25s").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
 
 BM25_SUBDIR = "bm25"
 BM25_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json", "params.index.json")

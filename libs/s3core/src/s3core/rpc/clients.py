@@ -8,8 +8,8 @@ from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from s3.v1 import common_pb2, generator_pb2, generator_pb2_grpc, retriever_pb2, retriever_pb2_grpc
 
+from s3.v1 import common_pb2, generator_pb2, generator_pb2_grpc, retriever_pb2, retriever_pb2_grpc
 from s3core.errors import Unavailable
 from s3core.rpc.convert import doc_to_pb, docs_from_pb
 from s3core.rpc.errors import from_rpc_error

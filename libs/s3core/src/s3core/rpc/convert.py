@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Iterable
 
 from s3.v1 import common_pb2
-
 from s3core.types import Doc, Question
 
 
