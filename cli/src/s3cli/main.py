@@ -17,7 +17,7 @@ DEFAULT_STATE = os.environ.get("S3_HOME", ".s3")
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=False)
+    return Console(soft_wrap=True)
 
 
 def _load_config(args: argparse.Namespace) -> Any:
@@ -140,6 +140,91 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = run_eval_job(job)
     _print_results(results)
     c.print(f"results: {root / 'eval'} (results.md, <method>/results.json, <method>/predictions.jsonl)")
+    return 0
+
+
+# --- baselines (naive-RAG cache) -----------------------------------------------------------------
+
+def _cache(args: argparse.Namespace, cfg: Any) -> Any:
+    from s3core.cache.baseline import BaselineCache, redis_url
+
+    return BaselineCache.from_url(redis_url(args.redis_url or cfg.redis.url, cfg.redis.port), namespace=args.namespace)
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from s3core.eval.job import check_index_dir, load_question_sets, local_services
+    from s3core.eval.precompute import precompute
+    from s3core.io import write_json
+    from s3core.rpc.clients import GeneratorClient, RetrieverClient
+
+    cfg = _load_config(args)
+    sets = load_question_sets(args.questions, args.limit or 0)
+    cache = _cache(args, cfg)  # a down Redis fails here, before any service starts
+    if not args.retriever:
+        check_index_dir(args.index or "")
+    k = args.k or cfg.search.initial_k
+    with local_services(cfg, index=args.index or "", retriever=args.retriever or "", generator=args.generator or "",
+                        config_path=args.config or "") as (ret_addr, gen_addr):
+        ret, gen = RetrieverClient(ret_addr), GeneratorClient(gen_addr)
+        ret.wait_ready()
+        gen.wait_ready()
+        summary = precompute(sets, ret, gen, cache, k=k, judge=cfg.generator.judge == "model",
+                             batch_size=cfg.eval.batch_size, show_progress=not args.quiet)
+    t = Table(title=f"naive-RAG baselines (k={k})")
+    for col in ("dataset", "n", "hits", "misses", "written", "GenAcc %", "EM %"):
+        t.add_column(col, justify="left" if col == "dataset" else "right")
+    for name, d in summary.per_dataset.items():
+        t.add_row(name, str(d.n), str(d.hits), str(d.misses), str(d.written), f"{100 * d.genacc:.1f}", f"{100 * d.em:.1f}")
+    t.add_row("all", str(sum(d.n for d in summary.per_dataset.values())), str(summary.hits), str(summary.misses),
+              str(summary.written), f"{100 * summary.genacc:.1f}", f"{100 * summary.em:.1f}")
+    _console().print(t)
+    if args.summary_out:
+        write_json(args.summary_out, summary.to_json())
+    return 0
+
+
+def cmd_cache_export(args: argparse.Namespace) -> int:
+    n = _cache(args, _load_config(args)).export_json(args.out)
+    _console().print(f"exported {n} baselines → {args.out}")
+    return 0
+
+
+def cmd_cache_import(args: argparse.Namespace) -> int:
+    res = _cache(args, _load_config(args)).import_json(args.file, overwrite=args.overwrite)
+    _console().print(f"imported {args.file}: {res.written} written, {res.skipped} already present, {res.total} in file")
+    return 0
+
+
+def cmd_cache_stats(args: argparse.Namespace) -> int:
+    n = _cache(args, _load_config(args)).count()
+    _console().print(f"{n} baselines in namespace {args.namespace!r}")
+    return 0
+
+
+def cmd_data_filter(args: argparse.Namespace) -> int:
+    from s3core.eval.job import check_index_dir, load_question_sets, local_services
+    from s3core.eval.precompute import filter_training_set, resolve_setup
+    from s3core.rpc.clients import GeneratorClient, RetrieverClient
+
+    cfg = _load_config(args)
+    sets = load_question_sets(args.questions, args.limit or 0)
+    cache = _cache(args, cfg)
+    if not args.retriever:
+        check_index_dir(args.index or "")
+    k = args.k or cfg.search.initial_k
+    with local_services(cfg, index=args.index or "", retriever=args.retriever or "", generator=args.generator or "",
+                        config_path=args.config or "") as (ret_addr, gen_addr):
+        ret, gen = RetrieverClient(ret_addr), GeneratorClient(gen_addr)
+        ret.wait_ready()
+        gen.wait_ready()
+        setup = resolve_setup(ret, gen, k, cfg.generator.judge == "model")
+    summary = filter_training_set(sets, cache, setup.key_fn(), args.out)
+    _console().print(
+        f"kept {summary.kept} of {summary.total} → {args.out} "
+        f"(dropped: {summary.dropped_rag_correct} naive RAG already right, {summary.dropped_yes_no} yes/no golds)"
+    )
     return 0
 
 
@@ -312,6 +397,50 @@ def build_parser() -> argparse.ArgumentParser:
     _common_config(p)
     _generator_flags(p)
     p.set_defaults(func=cmd_demo)
+
+    def _redis_flags(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--redis-url", help="redis://host:port/db (default: the local one `s3 up` starts)")
+        q.add_argument("--namespace", default="s3", help="key namespace in Redis (default s3)")
+
+    def _service_flags(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--questions", nargs="+", required=True, metavar="FILE", help="FlashRAG-format question files")
+        q.add_argument("--index", help="index directory (when no --retriever is given)")
+        q.add_argument("--k", type=int, help="naive-RAG top-k (default: search.initial_k = 3)")
+        q.add_argument("--limit", type=int, help="first N questions of each file")
+        q.add_argument("--retriever", help="host:port of a running retriever (default: start one)")
+        q.add_argument("--generator", help="host:port of a running generator (default: start one)")
+        _redis_flags(q)
+        _common_config(q)
+        _generator_flags(q)
+
+    p = sub.add_parser("precompute", help="compute and cache naive-RAG baselines in Redis (idempotent, resumable)")
+    _service_flags(p)
+    p.add_argument("--summary-out", help="also write the summary as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_precompute)
+
+    q = dsub.add_parser("filter", help="training-set filter: drop questions naive RAG answers and yes/no golds")
+    _service_flags(q)
+    q.add_argument("--out", required=True, help="filtered question file (FlashRAG jsonl)")
+    q.set_defaults(func=cmd_data_filter)
+
+    p = sub.add_parser("cache", help="the naive-RAG baseline cache")
+    csub = p.add_subparsers(dest="cache_command", required=True, metavar="SUBCOMMAND")
+    q = csub.add_parser("export", help="write every cached baseline to a JSON file")
+    q.add_argument("--out", required=True)
+    _redis_flags(q)
+    _common_config(q)
+    q.set_defaults(func=cmd_cache_export)
+    q = csub.add_parser("import", help="load baselines from a JSON export")
+    q.add_argument("file")
+    q.add_argument("--overwrite", action="store_true", help="replace entries that already exist")
+    _redis_flags(q)
+    _common_config(q)
+    q.set_defaults(func=cmd_cache_import)
+    q = csub.add_parser("stats", help="count cached baselines")
+    _redis_flags(q)
+    _common_config(q)
+    q.set_defaults(func=cmd_cache_stats)
 
     p = sub.add_parser("up", help="start redis and the services on loopback")
     p.add_argument("--index", help="index directory for the retriever (no retriever without it)")

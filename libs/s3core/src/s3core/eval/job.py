@@ -51,30 +51,37 @@ def load_question_sets(paths: Sequence[str], limit: int = 0) -> dict[str, list[Q
 
 
 @contextlib.contextmanager
-def _services(job: EvalJob, need_retriever: bool) -> Iterator[tuple[str, str]]:
-    """Yield (retriever_address, generator_address), starting what is not given."""
-    if job.retriever and job.generator or (job.generator and not need_retriever):
-        yield job.retriever, job.generator
+def local_services(config: Config, *, index: str = "", retriever: str = "", generator: str = "",
+                   need_retriever: bool = True, config_path: str = "") -> Iterator[tuple[str, str]]:
+    """Yield ``(retriever_address, generator_address)``: the given addresses, and for each one not
+    given a service started on loopback for the duration of the block (stopped afterwards)."""
+    if generator and (retriever or not need_retriever):
+        yield retriever, generator
         return
-    with tempfile.TemporaryDirectory(prefix="s3-eval-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="s3-run-") as tmp:
         stack = LocalStack(tmp, detach=False)
         try:
-            cfg_args = ["--config", job.config_path] if job.config_path else []
-            gen_addr = job.generator
-            ret_addr = job.retriever
-            if need_retriever and not ret_addr:
-                logger.info("starting a retriever on loopback for %s", job.index)
-                ret_addr = stack.start_service("retriever", "s3_retriever", [*cfg_args, "--index", job.index]).address
-            if not gen_addr:
-                logger.info("starting a generator on loopback (%s)", job.config.generator.model)
-                g = job.config.generator
+            cfg_args = ["--config", config_path] if config_path else []
+            if need_retriever and not retriever:
+                logger.info("starting a retriever on loopback for %s", index)
+                retriever = stack.start_service("retriever", "s3_retriever", [*cfg_args, "--index", index]).address
+            if not generator:
+                g = config.generator
+                logger.info("starting a generator on loopback (%s)", g.model)
                 gen_args = [*cfg_args, "--backend", g.backend, "--model", g.model]
                 if g.base_url:
                     gen_args += ["--base-url", g.base_url]
-                gen_addr = stack.start_service("generator", "s3_generator", gen_args).address
-            yield ret_addr, gen_addr
+                generator = stack.start_service("generator", "s3_generator", gen_args).address
+            yield retriever, generator
         finally:
             stack.down()
+
+
+def check_index_dir(index: str) -> None:
+    if not index:
+        raise InvalidArgument("--index is required for methods that retrieve (or give --retriever ADDR)")
+    if not (Path(index) / "manifest.json").is_file():
+        raise NotFound(f"{index}: not an index directory (no manifest.json); build one with `s3 index build`")
 
 
 def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
@@ -85,15 +92,13 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
         raise InvalidArgument(f"--k must be >= 1, got {job.k}")
     need_retriever = any(NEEDS_RETRIEVER[m] for m in job.methods)
     if need_retriever and not job.retriever:
-        if not job.index:
-            raise InvalidArgument("--index is required for methods that retrieve (or give --retriever ADDR)")
-        if not (Path(job.index) / "manifest.json").is_file():
-            raise NotFound(f"{job.index}: not an index directory (no manifest.json); build one with `s3 index build`")
+        check_index_dir(job.index)
     sets = load_question_sets(job.questions, job.limit)
 
     out = Path(job.out)
     results = []
-    with _services(job, need_retriever) as (ret_addr, gen_addr):
+    with local_services(job.config, index=job.index, retriever=job.retriever, generator=job.generator,
+                        need_retriever=need_retriever, config_path=job.config_path) as (ret_addr, gen_addr):
         gen = GeneratorClient(gen_addr)
         gen.wait_ready()
         info = gen.model_info()
