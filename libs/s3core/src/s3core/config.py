@@ -95,6 +95,31 @@ class GeneratorConfig:
 
 
 @dataclass
+class SearcherConfig:
+    """Searcher service (the s3 search policy running episodes, spec §2)."""
+
+    backend: Literal["hf", "openai", "vllm"] = "hf"
+    model: str = EMBEDDED_GENERATOR  # HF folder / hub name, or the embedded default; openai: the served model name
+    tokenizer: str = ""  # openai backend: HF tokenizer used to re-tokenise text ("" = same as model)
+    base_url: str = ""  # openai backend: e.g. http://vllm:8000/v1 (chat/completions)
+    api_key_env: str = "OPENAI_API_KEY"  # openai backend: env var holding the key
+    host: str = "127.0.0.1"
+    port: int = 50053
+    http_port: int = 8053
+    max_batch_size: int = 16  # sequences in one forward batch (hf) / concurrent requests (openai)
+    max_questions: int = 256  # largest number of questions in one Rollout request
+    retriever: str = ""  # address of the retriever service (host:port); required
+    retriever_timeout_s: float = 30.0  # deadline of one Search call
+    retriever_retries: int = 8  # retries of a Search call that failed with UNAVAILABLE / deadline
+    checkpoint_dir: str = ""  # LoadPolicy: relative paths resolve here, and paths must stay inside it
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = ""  # hf backend: cpu, cuda, cuda:1 ("" = cuda when available)
+    threads: int = 0  # torch CPU threads of the hf backend (0 = library default)
+    tensor_parallel_size: int = 1  # vllm backend
+    gpu_memory_utilization: float = 0.85  # vllm backend
+
+
+@dataclass
 class RedisConfig:
     url: str = ""  # redis://host:port/db; empty = the local one started by `s3 up`
     port: int = 6390  # port of the local redis-server that `s3 up` starts
@@ -117,6 +142,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    searcher: SearcherConfig = field(default_factory=SearcherConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     state_dir: str = ".s3"  # pid files, logs and caches of the embedded default
@@ -140,6 +166,25 @@ class Config:
             raise ConfigError("generator.base_url is required when generator.backend is 'openai'")
         if not 0.0 < g.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"generator.gpu_memory_utilization must be in (0, 1], got {g.gpu_memory_utilization}")
+        sr = self.searcher
+        for p in ("port", "http_port"):
+            if not 0 <= getattr(sr, p) <= 65535:
+                raise ConfigError(f"searcher.{p} must be a TCP port (0-65535), got {getattr(sr, p)}")
+        for name in ("max_batch_size", "retriever_retries", "threads"):
+            if getattr(sr, name) < 0:
+                raise ConfigError(f"searcher.{name} must be >= 0, got {getattr(sr, name)}")
+        if sr.max_questions < 1:
+            raise ConfigError(f"searcher.max_questions must be >= 1, got {sr.max_questions}")
+        if not sr.retriever_timeout_s > 0:
+            raise ConfigError(f"searcher.retriever_timeout_s must be > 0, got {sr.retriever_timeout_s}")
+        if not sr.model:
+            raise ConfigError("searcher.model is empty")
+        if sr.backend == "openai" and not sr.base_url:
+            raise ConfigError("searcher.base_url is required when searcher.backend is 'openai'")
+        if sr.tensor_parallel_size < 1:
+            raise ConfigError(f"searcher.tensor_parallel_size must be >= 1, got {sr.tensor_parallel_size}")
+        if not 0.0 < sr.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"searcher.gpu_memory_utilization must be in (0, 1], got {sr.gpu_memory_utilization}")
         if self.eval.k < 1:
             raise ConfigError(f"eval.k must be >= 1, got {self.eval.k}")
         if self.eval.batch_size < 1:

@@ -19,6 +19,11 @@ class Unavailable(S3Error):
     """A dependency (service, Redis) cannot be reached right now (gRPC ``UNAVAILABLE``)."""
 
 
+class FailedPrecondition(S3Error):
+    """The request is well-formed but the system is not in the state it requires, e.g. a rollout that
+    expects policy version 3 while version 4 is served (gRPC ``FAILED_PRECONDITION``)."""
+
+
 class ConfigError(InvalidArgument):
     """A configuration file or value is invalid; raised before any work starts."""
 

@@ -4,16 +4,25 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from s3.v1 import common_pb2, generator_pb2, generator_pb2_grpc, retriever_pb2, retriever_pb2_grpc
+from s3.v1 import (
+    common_pb2,
+    generator_pb2,
+    generator_pb2_grpc,
+    retriever_pb2,
+    retriever_pb2_grpc,
+    searcher_pb2,
+    searcher_pb2_grpc,
+)
 from s3core.errors import Unavailable
-from s3core.rpc.convert import doc_to_pb, docs_from_pb
+from s3core.rpc.convert import doc_to_pb, docs_from_pb, question_to_pb, search_knobs_to_pb
 from s3core.rpc.errors import from_rpc_error
-from s3core.types import Doc
+from s3core.search.trajectory import Trajectory
+from s3core.types import Doc, Question
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -111,4 +120,83 @@ class GeneratorClient(_Client):
             raise from_rpc_error(exc, f"generator {self.address} ModelInfo") from None
 
 
-__all__ = ["RetrieverClient", "GeneratorClient", "common_pb2"]
+class SearcherClient(_Client):
+    """The searcher service: rollouts (structured trajectories) and policy versions.
+
+    ``knobs`` is a :class:`~s3core.config.SearchConfig` (every knob sent) or a dict of some of
+    ``initial_k, retrieve_k, select_max, max_turns, max_new_tokens, max_obs_tokens, temperature``;
+    knobs left out take the server's defaults.  After each rollout, ``last_stats`` holds the
+    server's account of where the time went (``generate_seconds``, ``search_seconds``,
+    ``rollout_seconds``, ``turns``, ``retrieval_retries``, ...).
+    """
+
+    service = "s3.v1.Searcher"
+
+    def __init__(self, address: str, timeout: float = 3600.0) -> None:
+        super().__init__(address, timeout)
+        self._stub = searcher_pb2_grpc.SearcherStub(self.channel)
+        self.last_stats: dict[str, float] = {}
+
+    @staticmethod
+    def _request(questions: Sequence[Question], knobs: Any, n: int, seed: int,
+                 expect_version: int) -> searcher_pb2.RolloutRequest:
+        return searcher_pb2.RolloutRequest(
+            questions=[question_to_pb(q) for q in questions],
+            knobs=search_knobs_to_pb(knobs, n=n, seed=seed),
+            expect_policy_version=expect_version,
+        )
+
+    def _keep_stats(self, metadata: Any) -> None:
+        stats: dict[str, float] = {}
+        for key, value in metadata or ():
+            if key.startswith("s3-"):
+                try:
+                    stats[key[3:].replace("-", "_")] = float(value)
+                except (TypeError, ValueError):
+                    continue
+        self.last_stats = stats
+
+    def rollout(self, questions: Sequence[Question], knobs: Mapping[str, Any] | Any = None, n: int = 1,
+                seed: int = 0, expect_version: int = 0) -> list[Trajectory]:
+        """Run ``n`` episodes per question; :class:`~s3core.search.trajectory.Trajectory` objects in
+        question order, then group index."""
+        req = self._request(questions, knobs, n, seed, expect_version)
+        try:
+            resp, call = self._stub.Rollout.with_call(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"searcher {self.address} Rollout") from None
+        self._keep_stats(call.trailing_metadata())
+        return [Trajectory.from_pb(t) for t in resp.trajectories]
+
+    def rollout_stream(self, questions: Sequence[Question], knobs: Mapping[str, Any] | Any = None, n: int = 1,
+                       seed: int = 0, expect_version: int = 0) -> Iterator[Trajectory]:
+        """Like :meth:`rollout`, but yields each trajectory as its episode finishes (any order)."""
+        req = self._request(questions, knobs, n, seed, expect_version)
+        call = self._stub.RolloutStream(req, timeout=self.timeout)
+        try:
+            for t in call:
+                yield Trajectory.from_pb(t)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"searcher {self.address} RolloutStream") from None
+        finally:
+            call.cancel()  # a no-op after the stream ended; stops the episodes when the caller breaks off
+        self._keep_stats(call.trailing_metadata())
+
+    def load_policy(self, path: str, version: int) -> int:
+        """Load the HF model folder ``path`` as policy ``version``; returns the version now served."""
+        try:
+            resp = self._stub.LoadPolicy(
+                searcher_pb2.LoadPolicyRequest(checkpoint_path=str(path), version=int(version)), timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"searcher {self.address} LoadPolicy") from None
+        return int(resp.version)
+
+    def policy_info(self) -> searcher_pb2.PolicyInfoResponse:
+        try:
+            return self._stub.PolicyInfo(searcher_pb2.PolicyInfoRequest(), timeout=60.0)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"searcher {self.address} PolicyInfo") from None
+
+
+__all__ = ["RetrieverClient", "GeneratorClient", "SearcherClient", "common_pb2"]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import dataclasses
+import math
+from typing import Any, Iterable, Mapping
 
-from s3.v1 import common_pb2
+from s3.v1 import common_pb2, searcher_pb2
+from s3core.config import SearchConfig
+from s3core.errors import InvalidArgument
 from s3core.types import Doc, Question
 
 
@@ -26,3 +30,78 @@ def question_to_pb(q: Question) -> common_pb2.Question:
 
 def question_from_pb(p: common_pb2.Question) -> Question:
     return Question(id=p.id, question=p.question, golden_answers=tuple(p.golden_answers), dataset=p.dataset)
+
+
+# --- searcher knobs (s3.v1.SearchKnobs) <-> SearchConfig -------------------------------------------
+
+# SearchKnobs fields that map 1:1 onto SearchConfig fields; 0 on the wire = the server's default.
+KNOB_FIELDS = ("initial_k", "retrieve_k", "select_max", "max_turns", "max_new_tokens", "max_obs_tokens")
+
+
+def search_knobs_to_pb(
+    cfg: SearchConfig | Mapping[str, Any] | None = None,
+    *,
+    temperature: float | None = None,
+    n: int = 1,
+    seed: int = 0,
+) -> searcher_pb2.SearchKnobs:
+    """Build ``SearchKnobs`` from a :class:`SearchConfig` (every knob sent) or a dict of some knobs
+    (``initial_k``, ..., ``temperature``; the rest left 0 = server default).
+
+    Values are checked here so a caller learns of a bad knob before any RPC: on the wire 0 means
+    "server default", so a knob that is set must be >= 1 (``max_turns`` too: zero-turn episodes
+    cannot be requested over RPC).
+    """
+    values: dict[str, int] = {}
+    temp = temperature
+    if isinstance(cfg, SearchConfig):
+        values = {name: int(getattr(cfg, name)) for name in KNOB_FIELDS}
+    elif cfg is not None:
+        known = set(KNOB_FIELDS) | {"temperature"}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise InvalidArgument(f"unknown search knob {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        for name in KNOB_FIELDS:
+            if name in cfg and cfg[name] is not None:
+                v = cfg[name]
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise InvalidArgument(f"knob {name} must be an integer, got {v!r}")
+                values[name] = v
+        if cfg.get("temperature") is not None:
+            if temp is not None:
+                raise InvalidArgument("temperature given both as a knob and as an argument")
+            temp = cfg["temperature"]
+    for name, v in values.items():
+        if v < 1:
+            raise InvalidArgument(f"knob {name} must be >= 1, got {v} (leave it out for the server default)")
+    if temp is not None:
+        if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0.0 <= float(temp) <= 5.0:
+            raise InvalidArgument(f"temperature must be a number in [0, 5], got {temp!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidArgument(f"n (trajectories per question) must be >= 1, got {n!r}")
+    return searcher_pb2.SearchKnobs(temperature=float(temp or 0.0), n=n, seed=int(seed), **values)
+
+
+def search_knobs_from_pb(
+    knobs: searcher_pb2.SearchKnobs, defaults: SearchConfig, *, train: bool = False
+) -> tuple[SearchConfig, float, int, int]:
+    """``(SearchConfig, temperature, n, seed)`` of a request: each knob that is 0 takes the value of
+    ``defaults`` (temperature: ``defaults.temperature_train`` when ``train`` else ``temperature_eval``).
+
+    Negative knobs raise :class:`InvalidArgument`; range caps are the caller's (the service's).
+    """
+    values: dict[str, int] = {}
+    for name in KNOB_FIELDS:
+        v = int(getattr(knobs, name))
+        if v < 0:
+            raise InvalidArgument(f"knobs.{name} must be >= 0 (0 = server default), got {v}")
+        values[name] = v or int(getattr(defaults, name))
+    temp = float(knobs.temperature)
+    if math.isnan(temp) or temp < 0:
+        raise InvalidArgument(f"knobs.temperature must be >= 0 (0 = server default), got {knobs.temperature}")
+    if temp == 0:
+        temp = defaults.temperature_train if train else defaults.temperature_eval
+    if knobs.n < 0:
+        raise InvalidArgument(f"knobs.n must be >= 0 (0 or 1 = one trajectory per question), got {knobs.n}")
+    cfg = dataclasses.replace(defaults, **values)
+    return cfg, temp, max(1, int(knobs.n)), int(knobs.seed)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import grpc
 
-from s3core.errors import InvalidArgument, NotFound, S3Error, Unavailable
+from s3core.errors import FailedPrecondition, InvalidArgument, NotFound, S3Error, Unavailable
 
 _TO_CODE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 
@@ -29,6 +30,8 @@ def from_rpc_error(err: grpc.RpcError, what: str) -> S3Error:
         return InvalidArgument(msg)
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(msg)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(msg)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"{msg} ({code.name})")
     return S3Error(f"{msg} ({code.name if code else 'unknown'})")

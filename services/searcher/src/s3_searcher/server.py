@@ -1,0 +1,119 @@
+"""``s3-searcher`` / ``python -m s3_searcher``: the searcher service process.
+
+    python -m s3_searcher --retriever 127.0.0.1:50051 --port 0 --http-port 0 --ready-file /tmp/searcher.json
+    s3-searcher --retriever ret:50051 --backend vllm --model Qwen/Qwen2.5-7B-Instruct
+
+Ports bind first (health NOT_SERVING), the policy loads in a thread, then health turns SERVING and
+the ready file is written (see :mod:`s3core.rpc.service_main`).  Config comes from
+``--config``/``--preset`` (``searcher.*`` and the ``search.*`` defaults of the episode knobs); the
+command-line flags override it.  The retriever need not be up yet: searches wait for it with
+bounded retries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any, Sequence
+
+import grpc
+
+from s3.v1 import searcher_pb2_grpc
+from s3_searcher import metrics
+from s3_searcher.servicer import SERVICE_NAME, SearcherCore, SearcherServicer, make_policy_factory
+from s3core.config import Config, load_config
+from s3core.errors import S3Error
+from s3core.rpc.clients import RetrieverClient
+from s3core.rpc.retry import RetryingSearch, RetryPolicy
+from s3core.rpc.service_main import ServiceSpec, add_common_args, serve
+from s3core.telemetry.logging import setup_logging
+
+logger = logging.getLogger("s3_searcher")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="s3-searcher",
+        description="s3 searcher service: runs s3 episodes with the search policy (s3.v1.Searcher), "
+        "retrieving from the retriever service; HTTP /metrics and /healthz on the side.",
+    )
+    add_common_args(p)
+    p.add_argument("--retriever", metavar="ADDR",
+                   help="retriever service address host:port (required unless searcher.retriever is set)")
+    p.add_argument("--backend", choices=["hf", "openai", "vllm"],
+                   help="hf (in-process transformers), openai (an OpenAI-compatible chat endpoint; inference "
+                        "only) or vllm (in-process, GPU)")
+    p.add_argument("--model", help="policy model folder, hub name, or embedded:smollm2-135m-instruct (default); "
+                                   "openai: the endpoint's model name")
+    p.add_argument("--base-url", help="openai backend: endpoint base URL, e.g. http://vllm:8000/v1")
+    p.add_argument("--model-cache", help="where embedded models are converted "
+                                         "(default $S3_MODEL_CACHE or ~/.cache/s3/models)")
+    p.add_argument("--threads", type=int, help="torch CPU threads of the hf backend (config searcher.threads)")
+    p.add_argument("--max-batch-size", type=int, help="sequences per forward batch (config searcher.max_batch_size)")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    s: dict[str, Any] = {}
+    for flag, key in (("host", "host"), ("port", "port"), ("http_port", "http_port"), ("retriever", "retriever"),
+                      ("backend", "backend"), ("model", "model"), ("base_url", "base_url"), ("threads", "threads"),
+                      ("max_batch_size", "max_batch_size")):
+        value = getattr(args, flag)
+        if value is not None:
+            s[key] = value
+    return {"searcher": s} if s else {}
+
+
+def build_core(cfg: Config, cache_dir: str | None = None) -> tuple[SearcherCore, RetryingSearch]:
+    sc = cfg.searcher
+    search = RetryingSearch(
+        lambda: RetrieverClient(sc.retriever, timeout=sc.retriever_timeout_s),
+        RetryPolicy(retries=sc.retriever_retries),
+        on_retry=lambda attempt, exc: metrics.RETRIEVAL_RETRIES.inc(),
+    )
+    core = SearcherCore(cfg.search, sc, search, make_policy_factory(sc, cache_dir), retries=lambda: search.retries)
+    return core, search
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        cfg = load_config(args.config, presets=args.preset, overrides=_overrides(args))
+    except S3Error as exc:
+        print(f"s3-searcher: error: {exc}", file=sys.stderr)
+        return 2
+    sc = cfg.searcher
+    if not sc.retriever:
+        parser.error("no retriever: pass --retriever HOST:PORT (or set searcher.retriever in the config)")
+
+    core, search = build_core(cfg, args.model_cache)
+    servicer = SearcherServicer(core)
+
+    def register(server: grpc.aio.Server) -> None:
+        searcher_pb2_grpc.add_SearcherServicer_to_server(servicer, server)
+
+    spec = ServiceSpec(
+        name="searcher",
+        service_names=[SERVICE_NAME],
+        register=register,
+        load=core.load_initial,
+        is_ready=lambda: core.ready,
+    )
+    try:
+        asyncio.run(serve(spec, sc.host, sc.port, sc.http_port, args.ready_file))
+    except S3Error as exc:
+        print(f"s3-searcher: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        search.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
