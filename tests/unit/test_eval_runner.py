@@ -109,3 +109,66 @@ def test_report_files_and_table(tmp_path):
     assert "| naive-rag | 75.0 (25.0) | 75.0 (25.0) |" in table
     # nothing half-written is left next to the results
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]
+
+
+def _s3_traj(q):
+    from s3core.search.trajectory import InfoBlock, Trajectory, Turn
+
+    return Trajectory(
+        question=q,
+        turns=[Turn("<search_complete>true</search_complete>", search_complete=True, valid_action=True)],
+        blocks=[InfoBlock(0, "", CORPUS[q.question][:1])],
+        policy_version=3,
+    )
+
+
+def test_many_methods_table_png_and_trajectories(tmp_path):
+    from s3core.eval.methods import TrajectoryCache
+    from s3core.eval.report import read_trajectory_record, write_summary
+
+    cache = TrajectoryCache()
+    results = []
+    for method in ("no-retrieval", "naive-rag", "s3", "s3-no-initial"):
+        out = evaluate(QS, method, answer=answer, judge=None, search=search, rollout=lambda qs: [_s3_traj(q) for q in qs],
+                       trajectory_cache=cache, show_progress=False)
+        results.append(write_outcome(tmp_path / method, out, {"k": 3}))
+    # a second dataset for one method only: its cells are blank for the others
+    extra = evaluate({"other": QS["toy"][:2]}, "naive-rag", answer=answer, judge=None, search=search, show_progress=False)
+    results[1]["datasets"].update({"other": extra.datasets["other"].to_json()})
+    write_summary(tmp_path, results)
+
+    table = (tmp_path / "results.md").read_text()
+    assert "| Method | toy | other | Avg. |" in table
+    for method in ("no-retrieval", "naive-rag", "s3", "s3-no-initial"):
+        assert f"| {method} |" in table
+    assert "| s3 | 75.0 (25.0) | – |" in table  # same docs as naive-rag's top-1 here
+    assert "| s3-no-initial | 25.0 (0.0) | – |" in table  # no block 0: closed book; only the empty gold matches
+    png = (tmp_path / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written atomically
+
+    # trajectories only for the s3 methods; one line per question, round-trips to the dataclass
+    assert not (tmp_path / "naive-rag" / "trajectories.jsonl").exists()
+    lines = [json.loads(x) for x in (tmp_path / "s3-no-initial" / "trajectories.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and lines[0]["ablation"] == "no_initial" and lines[0]["method"] == "s3-no-initial"
+    assert lines[0]["context_doc_ids"] == []
+    t = read_trajectory_record(lines[0])
+    assert t.question.id == "1" and t.blocks[0].docs[0].title == "Hamlet" and t.policy_version == 3 and t.done
+    s3_lines = [json.loads(x) for x in (tmp_path / "s3" / "trajectories.jsonl").read_text().splitlines()]
+    assert s3_lines[0]["context_doc_ids"] == ["d1"] and s3_lines[0]["ablation"] == "none"
+
+
+def test_method_answer_is_scored_and_recall_kept():
+    from s3core.eval.methods import MethodOutput, register_method
+
+    @register_method("test-self-answer", needs_retriever=False, uses_docs=True)
+    def self_answer(questions, ctx):
+        return [MethodOutput(docs=CORPUS[q.question][:1], answer="Jupiter") for q in questions]
+
+    asked = []
+    out = evaluate(QS, "test-self-answer", answer=lambda items: asked.extend(items) or [], judge=None, search=None,
+                   show_progress=False)
+    assert asked == []
+    r = out.datasets["toy"]
+    assert r.em == pytest.approx(1 / 4) and r.answer_recall_at_k == pytest.approx(2 / 4)
+    assert all(p.answered_by == "method" for p in out.predictions)

@@ -68,10 +68,12 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 # --- eval ----------------------------------------------------------------------------------------
 
-def _print_results(results: list[dict[str, Any]]) -> None:
+def _print_results(results: list[dict[str, Any]], out: str | None = None) -> None:
+    from pathlib import Path
+
     from rich.table import Table
 
-    from s3core.eval.report import table_rows
+    from s3core.eval.report import PLOT_FILE, TRAJECTORIES_FILE, table_rows
 
     header, rows = table_rows(results)
     t = Table(title="GenAcc (EM), %", show_lines=False)
@@ -85,7 +87,15 @@ def _print_results(results: list[dict[str, Any]]) -> None:
         recall = {d: r.get("answer_recall@k") for d, r in res["datasets"].items()}
         if any(v is not None for v in recall.values()):
             k = res["config"]["k"]
-            c.print(f"{res['method']}: answer_recall@{k} " + ", ".join(f"{d} {100 * v:.1f}%" for d, v in recall.items() if v is not None))
+            c.print(f"{res['method']}: answer_recall@{k} " + ", ".join(f"{d} {100 * v:.1f}%" for d, v in recall.items() if v is not None),
+                    markup=False)
+    if out is not None:
+        root = Path(out)
+        if (root / PLOT_FILE).is_file():
+            c.print(f"plot: {root / PLOT_FILE}", markup=False)
+        trajs = sorted(root.glob(f"**/{TRAJECTORIES_FILE}"))
+        if trajs:
+            c.print(f"trajectories: {', '.join(map(str, trajs))} (view one with `s3 show FILE --index N`)", markup=False)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -94,16 +104,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     methods: list[str] = []
     for m in args.method:
-        methods += [x for x in m.split(",") if x]
+        methods += [x.strip() for x in m.split(",") if x.strip()]
     job = EvalJob(
         questions=args.questions, methods=methods, out=args.out, index=args.index or "",
         k=args.k if args.k is not None else cfg.eval.k, limit=args.limit if args.limit is not None else cfg.eval.limit,
         retriever=args.retriever or "", generator=args.generator or "", config=cfg,
         config_path=args.config or "", show_progress=not args.quiet,
+        searcher=args.searcher or "", searcher_model=args.searcher_model or "", baseline_llm=args.baseline_llm or "",
+        seed=args.seed, ircot_steps=args.ircot_steps,
     )
     results = run_eval_job(job)
-    _print_results(results)
-    _console().print(f"results in {args.out}")
+    _print_results(results, args.out)
+    _console().print(f"results in {args.out}", markup=False)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from s3core.search.show import show
+
+    show(args.file, qid=args.id, index=args.index, full=args.full)  # its own console: long texts wrap
     return 0
 
 
@@ -379,16 +398,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", nargs="+", required=True, metavar="FILE", help="FlashRAG-format question files")
     p.add_argument("--index", help="index directory (for methods that retrieve)")
     p.add_argument("--method", action="append", required=True,
-                   help="no-retrieval | naive-rag (repeat or comma-separate for several)")
-    p.add_argument("--k", type=int, default=None, help="documents per question for naive-rag (default 3)")
+                   help="no-retrieval | naive-rag | s3 | s3-no-selection | s3-no-initial | s3-no-selection-no-initial"
+                        " | deepretrieval | ircot | search-r1 (repeat or comma-separate for several; the s3 variants"
+                        " share one trajectory per question)")
+    p.add_argument("--k", type=int, default=None,
+                   help="documents per retrieval for naive-rag and the baselines (default 3); s3 uses the search"
+                        " knobs (--preset 8-3-3, config `search:`)")
     p.add_argument("--limit", type=int, default=None, help="first N questions of each file")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--retriever", help="host:port of a running retriever (default: start one)")
     p.add_argument("--generator", help="host:port of a running generator (default: start one)")
+    p.add_argument("--searcher", help="host:port of a running searcher for the s3 methods (default: start one)")
+    p.add_argument("--searcher-model", help="searcher policy model when one is started (default: the service's)")
+    p.add_argument("--baseline-llm", metavar="ADDR",
+                   help="host:port of a generator service whose LLM runs deepretrieval / ircot / search-r1"
+                        " (e.g. one serving the searcher model; default: the --generator itself)")
+    p.add_argument("--ircot-steps", type=int, default=3, help="most chain-of-thought steps of ircot (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="rollout seed for the s3 methods (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _common_config(p)
     _generator_flags(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("show", help="render one saved s3 episode (a trajectories.jsonl of `s3 eval`)")
+    p.add_argument("file", metavar="TRAJECTORY", help="trajectories.jsonl written by `s3 eval`")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--id", help="question id (or DATASET/ID)")
+    which.add_argument("--index", type=int, help="0-based position in the file (default 0)")
+    p.add_argument("--full", action="store_true", help="show whole document texts (default: cut)")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded default (synth → index → eval)")
     p.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")

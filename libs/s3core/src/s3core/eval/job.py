@@ -1,23 +1,31 @@
 """An evaluation job end to end: services (given by address, or started on loopback for the run),
 clients, the evaluation loop, and the result files.  Used by `s3 eval`, `s3 demo` and, later, the
-controller's eval jobs."""
+controller's eval jobs.
+
+Services a job uses: the generator (always: it answers and judges); the retriever (methods that
+retrieve, and a searcher started for the run); the searcher (the s3 methods: ``SearcherClient.rollout``
+with the job's ``config.search`` knobs, so ``--preset 8-3-3`` applies); the baseline LLM (a generator
+service address whose ``Complete`` RPC serves ``deepretrieval``/``ircot``/``search-r1``; default: the
+generator itself).  All s3 variants of one job share one trajectory per question.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from s3core.config import Config, config_to_dict
 from s3core.data import load_questions
 from s3core.errors import InvalidArgument, NotFound
-from s3core.eval.methods import NEEDS_RETRIEVER, get_method
-from s3core.eval.report import markdown_table, write_outcome
+from s3core.eval.baselines import BASELINE_PROMPT_VERSION, complete_via_generator
+from s3core.eval.methods import TrajectoryCache, get_spec
+from s3core.eval.report import write_outcome, write_summary
 from s3core.eval.runner import evaluate
-from s3core.rpc.clients import GeneratorClient, RetrieverClient
+from s3core.rpc.clients import GeneratorClient, RetrieverClient, SearcherClient
 from s3core.runtime.local import LocalStack
 from s3core.types import Question
 
@@ -37,6 +45,11 @@ class EvalJob:
     config: Config = field(default_factory=Config)
     config_path: str = ""
     show_progress: bool = True
+    searcher: str = ""  # host:port of a running searcher; empty = start one for the run (s3 methods only)
+    searcher_model: str = ""  # policy model when a searcher is started (empty: the service's default)
+    baseline_llm: str = ""  # host:port of a generator service for the baselines' LLM calls; empty = the generator
+    seed: int = 0  # rollout seed (s3 methods)
+    ircot_steps: int = 3
 
 
 def load_question_sets(paths: Sequence[str], limit: int = 0) -> dict[str, list[Question]]:
@@ -50,13 +63,35 @@ def load_question_sets(paths: Sequence[str], limit: int = 0) -> dict[str, list[Q
     return sets
 
 
+@dataclass
+class ServiceAddresses:
+    """Addresses of the services of a run.  Unpacks as ``(retriever, generator)`` (the form callers
+    used before the searcher existed); read ``.searcher`` for the third."""
+
+    retriever: str
+    generator: str
+    searcher: str = ""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.retriever, self.generator))
+
+
 @contextlib.contextmanager
 def local_services(config: Config, *, index: str = "", retriever: str = "", generator: str = "",
-                   need_retriever: bool = True, config_path: str = "") -> Iterator[tuple[str, str]]:
-    """Yield ``(retriever_address, generator_address)``: the given addresses, and for each one not
-    given a service started on loopback for the duration of the block (stopped afterwards)."""
-    if generator and (retriever or not need_retriever):
-        yield retriever, generator
+                   need_retriever: bool = True, config_path: str = "", need_searcher: bool = False,
+                   searcher: str = "", searcher_model: str = "") -> Iterator[ServiceAddresses]:
+    """Yield the service addresses: the given ones, and for each one not given a service started on
+    loopback for the duration of the block (stopped afterwards).
+
+    A searcher is started only with ``need_searcher`` and no ``searcher`` address
+    (``python -m s3_searcher --retriever ADDR --backend B --model M``, from ``config.searcher``;
+    ``searcher_model`` overrides the model); it needs a retriever, which is then started too when
+    no address is given.
+    """
+    start_searcher = need_searcher and not searcher
+    need_retriever = need_retriever or start_searcher
+    if generator and (retriever or not need_retriever) and not start_searcher:
+        yield ServiceAddresses(retriever, generator, searcher)
         return
     with tempfile.TemporaryDirectory(prefix="s3-run-") as tmp:
         stack = LocalStack(tmp, detach=False)
@@ -72,9 +107,26 @@ def local_services(config: Config, *, index: str = "", retriever: str = "", gene
                 if g.base_url:
                     gen_args += ["--base-url", g.base_url]
                 generator = stack.start_service("generator", "s3_generator", gen_args).address
-            yield retriever, generator
+            if start_searcher:
+                _check_searcher_installed()
+                sc = config.searcher
+                model = searcher_model or sc.model
+                logger.info("starting a searcher on loopback (%s)", model)
+                s_args = [*cfg_args, "--retriever", retriever, "--backend", sc.backend, "--model", model]
+                if sc.base_url:
+                    s_args += ["--base-url", sc.base_url]
+                searcher = stack.start_service("searcher", "s3_searcher", s_args).address
+            yield ServiceAddresses(retriever, generator, searcher)
         finally:
             stack.down()
+
+
+def _check_searcher_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("s3_searcher") is None:
+        raise NotFound("the searcher service (python package s3_searcher) is not installed; "
+                       "install services/searcher or give --searcher ADDR")
 
 
 def check_index_dir(index: str) -> None:
@@ -84,56 +136,116 @@ def check_index_dir(index: str) -> None:
         raise NotFound(f"{index}: not an index directory (no manifest.json); build one with `s3 index build`")
 
 
+def _rollout_fn(searcher: Any, job: EvalJob) -> Any:
+    from s3core.rpc.convert import KNOB_FIELDS
+
+    # every knob of the job's config (e.g. --preset 8-3-3), at the evaluation temperature
+    cfg = job.config.search
+    knobs: dict[str, Any] = {name: getattr(cfg, name) for name in KNOB_FIELDS}
+    knobs["temperature"] = cfg.temperature_eval
+
+    def rollout(qs: Sequence[Question]) -> list[Any]:
+        return list(searcher.rollout(list(qs), knobs, n=1, seed=job.seed, expect_version=0))
+
+    return rollout
+
+
 def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
     """Run every method of ``job``; returns the results dicts (also written under ``job.out``)."""
-    for m in job.methods:
-        get_method(m)  # unknown method → InvalidArgument before any work
+    specs = [get_spec(m) for m in job.methods]  # unknown method → InvalidArgument before any work
+    if len(set(job.methods)) != len(job.methods):
+        raise InvalidArgument(f"a method is listed twice: {', '.join(job.methods)}")
     if job.k < 1:
         raise InvalidArgument(f"--k must be >= 1, got {job.k}")
-    need_retriever = any(NEEDS_RETRIEVER[m] for m in job.methods)
-    if need_retriever and not job.retriever:
+    if job.ircot_steps < 1:
+        raise InvalidArgument(f"--ircot-steps must be >= 1, got {job.ircot_steps}")
+    need_retriever = any(s.needs_retriever for s in specs)
+    need_searcher = any(s.needs_searcher for s in specs)
+    need_llm = any(s.needs_llm for s in specs)
+    if (need_retriever or (need_searcher and not job.searcher)) and not job.retriever:
+        if not job.index and not need_retriever:
+            raise InvalidArgument("the s3 methods need a searcher: give --searcher ADDR, or --index (or --retriever"
+                                  " ADDR) for the searcher started for the run")
         check_index_dir(job.index)
+    if need_searcher and not job.searcher:
+        _check_searcher_installed()
     sets = load_question_sets(job.questions, job.limit)
 
     out = Path(job.out)
     results = []
+    clients: list[Any] = []
     with local_services(job.config, index=job.index, retriever=job.retriever, generator=job.generator,
-                        need_retriever=need_retriever, config_path=job.config_path) as (ret_addr, gen_addr):
-        gen = GeneratorClient(gen_addr)
-        gen.wait_ready()
-        info = gen.model_info()
-        ret = None
-        if need_retriever:
-            ret = RetrieverClient(ret_addr)
-            ret.wait_ready()
+                        need_retriever=need_retriever, config_path=job.config_path, need_searcher=need_searcher,
+                        searcher=job.searcher, searcher_model=job.searcher_model) as addrs:
+        try:
+            gen = GeneratorClient(addrs.generator)
+            clients.append(gen)
+            gen.wait_ready()
+            info = gen.model_info()
+            ret = None
+            if need_retriever:
+                ret = RetrieverClient(addrs.retriever)
+                clients.append(ret)
+                ret.wait_ready()
+            complete = None
+            llm_info = None
+            if need_llm:
+                llm = gen
+                if job.baseline_llm and job.baseline_llm != addrs.generator:
+                    llm = GeneratorClient(job.baseline_llm)
+                    clients.append(llm)
+                    llm.wait_ready()
+                llm_info = llm.model_info()
+                complete = complete_via_generator(llm)
+            rollout = None
+            policy: dict[str, Any] = {}
+            if need_searcher:
+                searcher = SearcherClient(addrs.searcher)
+                clients.append(searcher)
+                searcher.wait_ready()
+                pi = searcher.policy_info()
+                policy = {"searcher_model": pi.model, "policy_version": int(pi.version),
+                          "checkpoint_path": pi.checkpoint_path}
+                rollout = _rollout_fn(searcher, job)
 
-        def answer(items: Any) -> list[str]:
-            return list(gen.answer(items).answers)
+            def answer(items: Any) -> list[str]:
+                return list(gen.answer(items).answers)
 
-        def judge(items: Any) -> list[bool]:
-            return list(gen.judge(items).correct)
+            def judge(items: Any) -> list[bool]:
+                return list(gen.judge(items).correct)
 
-        use_judge = job.config.generator.judge == "model"
-        for method in job.methods:
-            outcome = evaluate(
-                sets, method, answer=answer, judge=judge if use_judge else None,
-                search=ret.search if ret is not None and NEEDS_RETRIEVER[method] else None,
-                k=job.k, batch_size=job.config.eval.batch_size, show_progress=job.show_progress,
-            )
-            cfg = {
-                "method": method, "k": job.k, "limit": job.limit, "index": job.index,
-                "questions": list(job.questions), "generator_model": info.model,
-                "generator_backend": info.backend, "prompt_version": info.prompt_version,
-                "judge": job.config.generator.judge, "platform": config_to_dict(job.config),
-            }
-            target = out if len(job.methods) == 1 else out / method
-            results.append(write_outcome(target, outcome, cfg))
-        gen.close()
-        if ret is not None:
-            ret.close()
-    if len(job.methods) > 1:
-        from s3core.io import atomic_open
-
-        with atomic_open(out / "results.md") as fh:
-            fh.write(markdown_table(results))
+            use_judge = job.config.generator.judge == "model"
+            cache = TrajectoryCache()  # one trajectory per question for every s3 variant of this job
+            # the searcher gets up to 32 questions per Rollout, however small the generator's batches
+            options = {"ircot_steps": job.ircot_steps, "rollout_batch_size": max(32, job.config.eval.batch_size)}
+            for spec in specs:
+                method = spec.name
+                outcome = evaluate(
+                    sets, method, answer=answer, judge=judge if use_judge else None,
+                    search=ret.search if ret is not None and spec.needs_retriever else None,
+                    k=job.k, batch_size=job.config.eval.batch_size, show_progress=job.show_progress,
+                    complete=complete if spec.needs_llm else None, rollout=rollout if spec.needs_searcher else None,
+                    search_config=job.config.search, trajectory_cache=cache, options=options,
+                )
+                cfg: dict[str, Any] = {
+                    "method": method, "k": job.k, "limit": job.limit, "index": job.index,
+                    "questions": list(job.questions), "generator_model": info.model,
+                    "generator_backend": info.backend, "prompt_version": info.prompt_version,
+                    "judge": job.config.generator.judge, "platform": config_to_dict(job.config),
+                }
+                if spec.needs_llm and llm_info is not None:
+                    cfg.update(baseline_llm=job.baseline_llm or addrs.generator, baseline_llm_model=llm_info.model,
+                               baseline_prompt_version=BASELINE_PROMPT_VERSION)
+                    if method == "ircot":
+                        cfg["ircot_steps"] = job.ircot_steps
+                if spec.needs_searcher:
+                    versions = sorted({t.policy_version for _, _, t, _ in outcome.trajectories})
+                    cfg.update(searcher=job.searcher or "started for the run", **policy,
+                               search=asdict(job.config.search), seed=job.seed, trajectory_policy_versions=versions)
+                target = out if len(job.methods) == 1 else out / method
+                results.append(write_outcome(target, outcome, cfg))
+        finally:
+            for c in clients:
+                c.close()
+    write_summary(out, results)
     return results

@@ -1,4 +1,15 @@
-"""Writing results: results.json, predictions.jsonl and the paper's "GenAcc (EM)" table."""
+"""Writing results: results.json, predictions.jsonl, trajectories.jsonl (s3 methods), the paper's
+"GenAcc (EM)" table (results.md) and its plot (results.png).
+
+``trajectories.jsonl`` holds one JSON object per question::
+
+    {"dataset": ..., "id": ..., "method": ..., "ablation": "none" | "no_selection" | ...,
+     "context_doc_ids": [...],            # the documents the generator got for this method
+     "trajectory": {...}}                 # searcher_pb2.Trajectory as MessageToDict
+                                          # (proto field names; int64 fields are strings)
+
+:func:`read_trajectory_record` turns a line back into a :class:`~s3core.search.trajectory.Trajectory`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +18,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from s3core.eval.methods import S3_VARIANTS
 from s3core.eval.runner import EvalOutcome
 from s3core.io import atomic_open, write_json, write_jsonl
+from s3core.search.trajectory import Trajectory
+
+TRAJECTORIES_FILE = "trajectories.jsonl"
+PLOT_FILE = "results.png"
 
 
 def results_json(outcome: EvalOutcome, config: dict[str, Any]) -> dict[str, Any]:
@@ -26,6 +42,10 @@ def write_outcome(out_dir: str | Path, outcome: EvalOutcome, config: dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     res = results_json(outcome, config)
     write_jsonl(out / "predictions.jsonl", (asdict(p) for p in outcome.predictions))
+    if outcome.trajectories:
+        write_jsonl(out / TRAJECTORIES_FILE, (
+            trajectory_record(ds, qid, outcome.method, traj, doc_ids) for ds, qid, traj, doc_ids in outcome.trajectories
+        ))
     write_json(out / "results.json", res)
     with atomic_open(out / "results.md") as fh:
         fh.write(markdown_table([res]))
@@ -65,3 +85,37 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
 
 def load_results(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_summary(out_dir: str | Path, results: Sequence[dict[str, Any]]) -> None:
+    """``results.md`` (every method x dataset) and ``results.png`` (the same as a bar chart)."""
+    from s3core.eval.plot import write_results_plot
+
+    out = Path(out_dir)
+    with atomic_open(out / "results.md") as fh:
+        fh.write(markdown_table(results))
+    if results:
+        write_results_plot(out / PLOT_FILE, results)
+
+
+# --- trajectories --------------------------------------------------------------------------------
+
+def trajectory_record(dataset: str, qid: str, method: str, traj: Trajectory, context_doc_ids: Sequence[str]) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return {
+        "dataset": dataset,
+        "id": qid,
+        "method": method,
+        "ablation": S3_VARIANTS.get(method, "none"),
+        "context_doc_ids": list(context_doc_ids),
+        "trajectory": MessageToDict(traj.to_pb(), preserving_proto_field_name=True),
+    }
+
+
+def read_trajectory_record(record: dict[str, Any]) -> Trajectory:
+    from google.protobuf.json_format import ParseDict
+
+    from s3.v1 import searcher_pb2
+
+    return Trajectory.from_pb(ParseDict(record["trajectory"], searcher_pb2.Trajectory()))

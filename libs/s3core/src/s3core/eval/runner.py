@@ -1,4 +1,9 @@
-"""The evaluation loop: retrieve → generate → score (EM, F1, span, GenAcc) → aggregate."""
+"""The evaluation loop: method (docs, or its own answer) → generate → score (EM, F1, span, GenAcc)
+→ aggregate.
+
+Per batch of questions the method returns one :class:`~s3core.eval.methods.MethodOutput` each; the
+generator answers, in one request, every question whose output has no ``answer`` of its own.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from s3core import metrics
-from s3core.eval.methods import NEEDS_RETRIEVER, SearchFn, get_method
+from s3core.config import SearchConfig
+from s3core.eval.methods import CompleteFn, MethodContext, RolloutFn, SearchFn, TrajectoryCache, get_spec
+from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
 
 logger = logging.getLogger(__name__)
@@ -33,6 +40,8 @@ class Prediction:
     judge: bool | None  # None when the judge was not asked (span matched, or judging is off)
     genacc: bool
     answer_in_docs: bool
+    answered_by: str = "generator"  # "generator", or "method" when the method answered itself (Search-R1)
+    extra: dict[str, Any] = field(default_factory=dict)  # the method's own record (rewritten query, CoT, ...)
 
 
 @dataclass
@@ -58,6 +67,8 @@ class EvalOutcome:
     k: int
     datasets: dict[str, DatasetResult] = field(default_factory=dict)
     predictions: list[Prediction] = field(default_factory=list)
+    # (dataset, question id, trajectory, context doc ids) for the methods that run s3 episodes
+    trajectories: list[tuple[str, str, Trajectory, list[str]]] = field(default_factory=list)
     seconds: float = 0.0
 
     def average(self) -> dict[str, Any]:
@@ -85,11 +96,30 @@ def evaluate(
     k: int = 3,
     batch_size: int = 8,
     show_progress: bool = True,
+    *,
+    complete: CompleteFn | None = None,
+    rollout: RolloutFn | None = None,
+    search_config: SearchConfig | None = None,
+    trajectory_cache: TrajectoryCache | None = None,
+    options: dict[str, Any] | None = None,
 ) -> EvalOutcome:
-    """Evaluate ``method`` on each dataset.  ``judge=None`` scores GenAcc by span match only."""
-    fn = get_method(method)
-    if NEEDS_RETRIEVER[method] and search is None:
+    """Evaluate ``method`` on each dataset.  ``judge=None`` scores GenAcc by span match only.
+
+    ``complete`` (the baseline LLM), ``rollout`` (s3 episodes) and ``search_config`` are only needed
+    by the methods that use them.  Pass the same ``trajectory_cache`` to several s3 variants to
+    evaluate them on the same trajectories.
+    """
+    spec = get_spec(method)
+    if spec.needs_retriever and search is None:
         raise ValueError(f"method {method!r} needs a retriever")
+    if spec.needs_llm and complete is None:
+        raise ValueError(f"method {method!r} needs an LLM for free-text calls (complete)")
+    if spec.needs_searcher and rollout is None:
+        raise ValueError(f"method {method!r} needs a searcher (rollout)")
+    ctx = MethodContext(
+        search=search, k=k, complete=complete, rollout=rollout, search_config=search_config or SearchConfig(),
+        trajectories=trajectory_cache if trajectory_cache is not None else TrajectoryCache(), options=dict(options or {}),
+    )
     outcome = EvalOutcome(method=method, k=k)
     start = time.perf_counter()
     total = sum(len(v) for v in questions.values())
@@ -97,11 +127,20 @@ def evaluate(
     for dataset, qs in questions.items():
         res = DatasetResult()
         recall_hits = 0
+        ctx.upcoming = qs
         for batch in _chunks(qs, batch_size):
-            docs = fn(batch, search, k)
-            preds = answer([(q.question, d) for q, d in zip(batch, docs)])
+            outs = spec.fn(batch, ctx)
+            if len(outs) != len(batch):
+                raise ValueError(f"method {method!r} returned {len(outs)} outputs for {len(batch)} questions")
+            to_answer = [i for i, o in enumerate(outs) if o.answer is None]
+            preds: list[str] = [o.answer or "" for o in outs]
+            if to_answer:
+                generated = answer([(batch[i].question, outs[i].docs) for i in to_answer])
+                for i, p in zip(to_answer, generated):
+                    preds[i] = p
             rows: list[Prediction] = []
-            for q, d, p in zip(batch, docs, preds):
+            for q, o, p in zip(batch, outs, preds):
+                d = o.docs
                 golds = list(q.golden_answers)
                 span = metrics.span_match(p, golds)
                 in_docs = metrics.answer_in_docs(golds, [f"{x.title}\n{x.text}" for x in d]) if d else False
@@ -111,7 +150,10 @@ def evaluate(
                     dataset=dataset, id=q.id, question=q.question, golden_answers=golds, prediction=p,
                     doc_ids=[x.id for x in d], em=metrics.exact_match(p, golds), f1=metrics.f1_score(p, golds),
                     span=span, judge=None, genacc=span, answer_in_docs=in_docs,
+                    answered_by="generator" if o.answer is None else "method", extra=dict(o.extra),
                 ))
+                if o.trajectory is not None:
+                    outcome.trajectories.append((dataset, q.id, o.trajectory, [x.id for x in d]))
             to_judge = [r for r in rows if not r.span]
             if judge is not None and to_judge:
                 verdicts = judge([(r.question, r.prediction, r.golden_answers) for r in to_judge])
@@ -129,7 +171,7 @@ def evaluate(
             res.em = sum(p.em for p in ds_rows) / n
             res.f1 = sum(p.f1 for p in ds_rows) / n
             res.span = sum(p.span for p in ds_rows) / n
-            res.answer_recall_at_k = recall_hits / n if NEEDS_RETRIEVER[method] else None
+            res.answer_recall_at_k = recall_hits / n if spec.uses_docs else None
         outcome.datasets[dataset] = res
     bar.close()
     outcome.seconds = time.perf_counter() - start
