@@ -7,9 +7,10 @@ Expected failures (bad input, missing files, unreachable services) print one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 DEFAULT_STATE = os.environ.get("S3_HOME", ".s3")
 
@@ -170,25 +171,45 @@ def _cache(args: argparse.Namespace, cfg: Any) -> Any:
     return BaselineCache.from_url(redis_url(args.redis_url or cfg.redis.url, cfg.redis.port), namespace=args.namespace)
 
 
-def cmd_precompute(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from s3core.eval.job import check_index_dir, load_question_sets, local_services
-    from s3core.eval.precompute import precompute
-    from s3core.io import write_json
-    from s3core.rpc.clients import GeneratorClient, RetrieverClient
+def _baseline_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, int]:
+    """Config, question sets, the Redis cache and k of `s3 precompute` / `s3 data filter`; every
+    check (files, Redis, index) runs here, before any service starts."""
+    from s3core.eval.job import check_index_dir, load_question_sets
 
     cfg = _load_config(args)
     sets = load_question_sets(args.questions, args.limit or 0)
-    cache = _cache(args, cfg)  # a down Redis fails here, before any service starts
+    cache = _cache(args, cfg)
     if not args.retriever:
         check_index_dir(args.index or "")
-    k = args.k or cfg.search.initial_k
+    return cfg, sets, cache, args.k or cfg.search.initial_k
+
+
+@contextlib.contextmanager
+def _baseline_clients(args: argparse.Namespace, cfg: Any) -> Iterator[tuple[Any, Any]]:
+    """Retriever and generator clients, to the given addresses or to services started for the run."""
+    from s3core.eval.job import local_services
+    from s3core.rpc.clients import GeneratorClient, RetrieverClient
+
     with local_services(cfg, index=args.index or "", retriever=args.retriever or "", generator=args.generator or "",
                         config_path=args.config or "") as (ret_addr, gen_addr):
         ret, gen = RetrieverClient(ret_addr), GeneratorClient(gen_addr)
         ret.wait_ready()
         gen.wait_ready()
+        try:
+            yield ret, gen
+        finally:
+            ret.close()
+            gen.close()
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from s3core.eval.precompute import precompute
+    from s3core.io import write_json
+
+    cfg, sets, cache, k = _baseline_inputs(args)
+    with _baseline_clients(args, cfg) as (ret, gen):
         summary = precompute(sets, ret, gen, cache, k=k, judge=cfg.generator.judge == "model",
                              batch_size=cfg.eval.batch_size, show_progress=not args.quiet)
     t = Table(title=f"naive-RAG baselines (k={k})")
@@ -223,21 +244,10 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_filter(args: argparse.Namespace) -> int:
-    from s3core.eval.job import check_index_dir, load_question_sets, local_services
     from s3core.eval.precompute import filter_training_set, resolve_setup
-    from s3core.rpc.clients import GeneratorClient, RetrieverClient
 
-    cfg = _load_config(args)
-    sets = load_question_sets(args.questions, args.limit or 0)
-    cache = _cache(args, cfg)
-    if not args.retriever:
-        check_index_dir(args.index or "")
-    k = args.k or cfg.search.initial_k
-    with local_services(cfg, index=args.index or "", retriever=args.retriever or "", generator=args.generator or "",
-                        config_path=args.config or "") as (ret_addr, gen_addr):
-        ret, gen = RetrieverClient(ret_addr), GeneratorClient(gen_addr)
-        ret.wait_ready()
-        gen.wait_ready()
+    cfg, sets, cache, k = _baseline_inputs(args)
+    with _baseline_clients(args, cfg) as (ret, gen):
         setup = resolve_setup(ret, gen, k, cfg.generator.judge == "model")
     summary = filter_training_set(sets, cache, setup.key_fn(), args.out)
     _console().print(
@@ -252,19 +262,23 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from s3core.errors import InvalidArgument
     from s3core.runtime.local import LocalStack
 
     cfg = _load_config(args)
     stack = LocalStack(args.state_dir)
     c = _console()
     procs = [stack.start_redis(cfg.redis.port)]
-    cfg_args = ["--config", args.config] if args.config else []
+    config_path = args.config or ""
     if args.index:
-        procs.append(stack.start_service("retriever", "s3_retriever", [*cfg_args, "--index", args.index]))
+        ret = stack.start_retriever(args.index, config_path)
+        procs.append(ret)
+        if args.searcher:
+            procs.append(stack.start_searcher(cfg.searcher, ret.address, config_path))
+    elif args.searcher:
+        raise InvalidArgument("--searcher needs --index (the searcher searches through the retriever)")
     if not args.no_generator:
-        g = cfg.generator
-        gen_args = [*cfg_args, "--backend", g.backend, "--model", g.model] + (["--base-url", g.base_url] if g.base_url else [])
-        procs.append(stack.start_service("generator", "s3_generator", gen_args))
+        procs.append(stack.start_generator(cfg.generator, config_path))
     t = Table(title=f"s3 services ({stack.state_dir})")
     for col in ("service", "pid", "address", "http (/metrics)", "log"):
         t.add_column(col)
@@ -483,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start redis and the services on loopback")
     p.add_argument("--index", help="index directory for the retriever (no retriever without it)")
     p.add_argument("--no-generator", action="store_true", help="don't start the generator")
+    p.add_argument("--searcher", action="store_true", help="also start a searcher (the s3 policy) over the retriever")
     p.add_argument("--state-dir", default=DEFAULT_STATE, help="pid files, logs, redis data (default .s3)")
     _common_config(p)
     _generator_flags(p)

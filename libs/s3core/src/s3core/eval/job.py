@@ -26,7 +26,7 @@ from s3core.eval.methods import TrajectoryCache, get_spec
 from s3core.eval.report import write_outcome, write_summary
 from s3core.eval.runner import evaluate
 from s3core.rpc.clients import GeneratorClient, RetrieverClient, SearcherClient
-from s3core.runtime.local import LocalStack
+from s3core.runtime.local import LocalStack, require_searcher_installed
 from s3core.types import Question
 
 logger = logging.getLogger(__name__)
@@ -96,37 +96,18 @@ def local_services(config: Config, *, index: str = "", retriever: str = "", gene
     with tempfile.TemporaryDirectory(prefix="s3-run-") as tmp:
         stack = LocalStack(tmp, detach=False)
         try:
-            cfg_args = ["--config", config_path] if config_path else []
             if need_retriever and not retriever:
                 logger.info("starting a retriever on loopback for %s", index)
-                retriever = stack.start_service("retriever", "s3_retriever", [*cfg_args, "--index", index]).address
+                retriever = stack.start_retriever(index, config_path).address
             if not generator:
-                g = config.generator
-                logger.info("starting a generator on loopback (%s)", g.model)
-                gen_args = [*cfg_args, "--backend", g.backend, "--model", g.model]
-                if g.base_url:
-                    gen_args += ["--base-url", g.base_url]
-                generator = stack.start_service("generator", "s3_generator", gen_args).address
+                logger.info("starting a generator on loopback (%s)", config.generator.model)
+                generator = stack.start_generator(config.generator, config_path).address
             if start_searcher:
-                _check_searcher_installed()
-                sc = config.searcher
-                model = searcher_model or sc.model
-                logger.info("starting a searcher on loopback (%s)", model)
-                s_args = [*cfg_args, "--retriever", retriever, "--backend", sc.backend, "--model", model]
-                if sc.base_url:
-                    s_args += ["--base-url", sc.base_url]
-                searcher = stack.start_service("searcher", "s3_searcher", s_args).address
+                logger.info("starting a searcher on loopback (%s)", searcher_model or config.searcher.model)
+                searcher = stack.start_searcher(config.searcher, retriever, config_path, searcher_model).address
             yield ServiceAddresses(retriever, generator, searcher)
         finally:
             stack.down()
-
-
-def _check_searcher_installed() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("s3_searcher") is None:
-        raise NotFound("the searcher service (python package s3_searcher) is not installed; "
-                       "install services/searcher or give --searcher ADDR")
 
 
 def check_index_dir(index: str) -> None:
@@ -168,7 +149,7 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
                                   " ADDR) for the searcher started for the run")
         check_index_dir(job.index)
     if need_searcher and not job.searcher:
-        _check_searcher_installed()
+        require_searcher_installed()
     sets = load_question_sets(job.questions, job.limit)
 
     out = Path(job.out)

@@ -7,6 +7,7 @@ uses an ephemeral stack in a temporary state dir when no service addresses are g
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -17,7 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3core.errors import S3Error, Unavailable
+from s3core.config import GeneratorConfig, SearcherConfig
+from s3core.errors import NotFound, S3Error, Unavailable
 from s3core.io import write_json
 from s3core.runtime.redis_server import find_redis_server, redis_command
 
@@ -55,6 +57,16 @@ def _tail(path: str, n: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(lines[-n:])
+
+
+def require_searcher_installed() -> None:
+    if importlib.util.find_spec("s3_searcher") is None:
+        raise NotFound("the searcher service (python package s3_searcher) is not installed; "
+                       "install services/searcher or give --searcher ADDR")
+
+
+def _cfg_args(config_path: str) -> list[str]:
+    return ["--config", config_path] if config_path else []
 
 
 def free_port() -> int:
@@ -160,6 +172,23 @@ class LocalStack:
             time.sleep(0.1)
         proc.kill()
         raise Unavailable(f"{name} not ready after {timeout:.0f}s; last log lines:\n{_tail(log)}")
+
+    # -- the platform's services ----------------------------------------------------------------
+    def start_retriever(self, index: str, config_path: str = "") -> ProcInfo:
+        return self.start_service("retriever", "s3_retriever", [*_cfg_args(config_path), "--index", index])
+
+    def start_generator(self, cfg: GeneratorConfig, config_path: str = "") -> ProcInfo:
+        args = [*_cfg_args(config_path), "--backend", cfg.backend, "--model", cfg.model]
+        if cfg.base_url:
+            args += ["--base-url", cfg.base_url]
+        return self.start_service("generator", "s3_generator", args)
+
+    def start_searcher(self, cfg: SearcherConfig, retriever: str, config_path: str = "", model: str = "") -> ProcInfo:
+        require_searcher_installed()
+        args = [*_cfg_args(config_path), "--retriever", retriever, "--backend", cfg.backend, "--model", model or cfg.model]
+        if cfg.base_url:
+            args += ["--base-url", cfg.base_url]
+        return self.start_service("searcher", "s3_searcher", args)
 
     def stop(self, name: str, timeout: float = 10.0) -> bool:
         info = self.get(name)
