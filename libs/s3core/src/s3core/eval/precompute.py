@@ -25,6 +25,7 @@ from s3core import metrics
 from s3core.cache.baseline import BaselineCache, BaselineRecord
 from s3core.cache.keys import BaselineKey, KeyFn, baseline_dataset, index_fingerprint, judge_id, key_factory
 from s3core.errors import InvalidArgument, NotFound, S3Error
+from s3core.eval.scoring import score_answers
 from s3core.io import write_jsonl
 from s3core.reward import MissingBaseline
 from s3core.types import Question
@@ -104,23 +105,17 @@ def compute_baselines(questions: Sequence[Question], retriever_client: Any, gene
                       f"{resp.prompt_version!r}); rerun to key baselines correctly")
     if resp.model and not setup.generator_model.endswith(resp.model):
         raise S3Error(f"generator model changed during the run ({setup.generator_model!r} → {resp.model!r})")
-    rows: list[dict[str, Any]] = []
-    for q, d, a in zip(questions, docs, answers):
-        golds = list(q.golden_answers)
-        span = metrics.span_match(a, golds)
-        rows.append({"question_id": q.id, "answer": a, "span": span, "em": metrics.exact_match(a, golds),
-                     "f1": metrics.f1_score(a, golds), "judge": None, "doc_ids": tuple(x.id for x in d)})
-    if setup.judge:
-        todo = [i for i, r in enumerate(rows) if not r["span"]]
-        if todo:
-            jr = generator_client.judge([(questions[i].question, rows[i]["answer"], list(questions[i].golden_answers))
-                                         for i in todo])
-            verdicts = list(jr.correct)
-            if len(verdicts) != len(todo):
-                raise S3Error(f"generator returned {len(verdicts)} judge verdicts for {len(todo)} items")
-            for i, v in zip(todo, verdicts):
-                rows[i]["judge"] = bool(v)
-    return [BaselineRecord(genacc=bool(r["span"] or r["judge"]), **r) for r in rows]
+
+    def judge(items: Sequence[tuple[str, str, Sequence[str]]]) -> list[bool]:
+        return list(generator_client.judge(items).correct)
+
+    scores = score_answers([(q.question, a, q.golden_answers) for q, a in zip(questions, answers)],
+                           judge if setup.judge else None)
+    return [
+        BaselineRecord(question_id=q.id, answer=a, genacc=sc.genacc, em=sc.em, f1=sc.f1, span=sc.span,
+                       judge=sc.judge, doc_ids=tuple(x.id for x in d))
+        for q, d, a, sc in zip(questions, docs, answers, scores)
+    ]
 
 
 def make_compute_fn(retriever_client: Any, generator_client: Any, setup: BaselineSetup,

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from s3core import metrics
 from s3core.config import SearchConfig
 from s3core.eval.methods import CompleteFn, MethodContext, RolloutFn, SearchFn, TrajectoryCache, get_spec
+from s3core.eval.scoring import score_answers
 from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
 
@@ -138,29 +139,23 @@ def evaluate(
                 generated = answer([(batch[i].question, outs[i].docs) for i in to_answer])
                 for i, p in zip(to_answer, generated):
                     preds[i] = p
+            scores = score_answers([(q.question, p, q.golden_answers) for q, p in zip(batch, preds)], judge)
+            res.judge_calls += sum(sc.judge is not None for sc in scores)
             rows: list[Prediction] = []
-            for q, o, p in zip(batch, outs, preds):
+            for q, o, p, sc in zip(batch, outs, preds, scores):
                 d = o.docs
                 golds = list(q.golden_answers)
-                span = metrics.span_match(p, golds)
                 in_docs = metrics.answer_in_docs(golds, [f"{x.title}\n{x.text}" for x in d]) if d else False
                 recall_hits += int(in_docs)
                 res.empty_golds += metrics.empty_golds(golds)
                 rows.append(Prediction(
                     dataset=dataset, id=q.id, question=q.question, golden_answers=golds, prediction=p,
-                    doc_ids=[x.id for x in d], em=metrics.exact_match(p, golds), f1=metrics.f1_score(p, golds),
-                    span=span, judge=None, genacc=span, answer_in_docs=in_docs,
-                    answered_by="generator" if o.answer is None else "method", extra=dict(o.extra),
+                    doc_ids=[x.id for x in d], em=sc.em, f1=sc.f1, span=sc.span, judge=sc.judge, genacc=sc.genacc,
+                    answer_in_docs=in_docs, answered_by="generator" if o.answer is None else "method",
+                    extra=dict(o.extra),
                 ))
                 if o.trajectory is not None:
                     outcome.trajectories.append((dataset, q.id, o.trajectory, [x.id for x in d]))
-            to_judge = [r for r in rows if not r.span]
-            if judge is not None and to_judge:
-                verdicts = judge([(r.question, r.prediction, r.golden_answers) for r in to_judge])
-                res.judge_calls += len(to_judge)
-                for r, v in zip(to_judge, verdicts):
-                    r.judge = bool(v)
-                    r.genacc = bool(v)
             outcome.predictions.extend(rows)
             bar.update(len(batch))
         ds_rows = [p for p in outcome.predictions if p.dataset == dataset]
