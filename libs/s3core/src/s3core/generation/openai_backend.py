@@ -8,19 +8,16 @@ answers raise :class:`~s3core.errors.Unavailable`; 4xx answers raise
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from s3core.errors import ConfigError, InvalidArgument, Unavailable
+from s3core.errors import ConfigError, Unavailable
 from s3core.generation.base import Completion, Generator, Message, Usage, cut_at_stop
+from s3core.generation.openai_http import request_json
 
 __all__ = ["OpenAIGenerator"]
 
@@ -57,30 +54,8 @@ class OpenAIGenerator(Generator):
 
     # --- HTTP --------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = f"{self.base_url}{path}"
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
-            if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                raise InvalidArgument(f"generator endpoint {url} refused the request ({exc.code}): {detail}") from None
-            raise Unavailable(f"generator endpoint {url} failed ({exc.code}): {detail}") from None
-        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise Unavailable(f"generator endpoint {url} cannot be reached: {reason}") from None
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise Unavailable(f"generator endpoint {url} answered with something that is not JSON") from None
+        return request_json(self.base_url, method, path, body, api_key=self.api_key, timeout=self.timeout,
+                            what="generator endpoint")
 
     @property
     def model(self) -> str:

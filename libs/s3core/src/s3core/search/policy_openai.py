@@ -23,16 +23,13 @@ else the tag that the reply leaves open).  Standard library HTTP only.
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from s3core.errors import ConfigError, InvalidArgument, Unavailable
+from s3core.errors import ConfigError, Unavailable
+from s3core.generation.openai_http import request_json
 from s3core.search.episode import cut_tokens, decode, eos_ids_of
 from s3core.search.prompts import FALLBACK_CHAT_TEMPLATE, encode
 
@@ -113,25 +110,8 @@ class OpenAIPolicy:
 
     # --- HTTP --------------------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any]) -> Any:
-        url = f"{self.base_url}{path}"
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
-            if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                raise InvalidArgument(f"searcher endpoint {url} refused the request ({exc.code}): {detail}") from None
-            raise Unavailable(f"searcher endpoint {url} failed ({exc.code}): {detail}") from None
-        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as exc:
-            raise Unavailable(f"searcher endpoint {url} cannot be reached: {getattr(exc, 'reason', exc)}") from None
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise Unavailable(f"searcher endpoint {url} answered with something that is not JSON") from None
+        return request_json(self.base_url, "POST", path, body, api_key=self.api_key, timeout=self.timeout,
+                            what="searcher endpoint")
 
     # --- conversations -----------------------------------------------------------------------
     def set_seed(self, seed: int) -> None:
