@@ -205,7 +205,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "3-3-3": {"search": {"retrieve_k": 3, "select_max": 3, "max_turns": 3}},
     # CPU-only embedded default: small local models.  SmolLM2-135M judges no better than chance
     # (measured: it says yes as often to wrong answers as to right ones), so GenAcc = span match.
-    "embedded": {"generator": {"backend": "hf", "model": EMBEDDED_GENERATOR, "judge": "none"}},
+    # Searcher turns are capped at 128 new tokens: a 135M policy on 2 CPU cores otherwise spends
+    # minutes rambling to the 500-token limit without ever closing a tag.
+    "embedded": {
+        "generator": {"backend": "hf", "model": EMBEDDED_GENERATOR, "judge": "none"},
+        "search": {"max_new_tokens": 128},
+    },
     # the paper's GPU setting (spec §6): 14B generator on vLLM
     "gpu": {
         "generator": {
