@@ -521,8 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # SystemExit unwinds through `finally` blocks, so services started for a run are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from s3core.telemetry.logging import setup_logging
 
     setup_logging("WARNING" if os.environ.get("S3_LOG_LEVEL") is None else None)

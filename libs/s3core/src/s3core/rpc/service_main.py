@@ -46,7 +46,8 @@ class ServiceSpec:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
-async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_file: str | None = None) -> None:
+async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_file: str | None = None,
+                exit_process: bool = True) -> None:
     running = await start_server(spec.register, spec.service_names, f"{host}:{port}", spec.max_message_bytes)
     side = SideServer(host, http_port, ready=spec.is_ready)
     if spec.setup_http is not None:
@@ -62,6 +63,7 @@ async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_f
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
 
+    stopped = False
     try:
         await asyncio.to_thread(spec.load)
         await running.set_serving(True)
@@ -69,7 +71,13 @@ async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_f
             write_json(ready_file, {"grpc_port": running.port, "http_port": side.port, "pid": os.getpid()})
         logger.info("%s: serving", spec.name)
         await stop.wait()
+        stopped = True
     finally:
         logger.info("%s: shutting down", spec.name)
         await running.stop(grace=2.0)
         side.stop()
+    if stopped and exit_process:
+        # Model work of cancelled RPCs may still run in worker threads, and interpreter exit would
+        # wait for it (minutes for a long rollout): the RPCs are gone, so leave now.
+        logging.shutdown()
+        os._exit(0)

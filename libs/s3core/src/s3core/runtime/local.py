@@ -156,9 +156,12 @@ class LocalStack:
         cmd = [sys.executable, "-m", module, *args, "--port", "0", "--http-port", "0", "--ready-file", str(ready)]
         proc = self._spawn(name, cmd, env)
         log = str(self.log_dir / f"{name}.log")
+        # recorded at once, so `down()` stops a service that is still loading too
+        write_json(self._record(name), ProcInfo(name, proc.pid, log=log).__dict__)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                self._record(name).unlink(missing_ok=True)
                 raise S3Error(f"{name} exited with code {proc.returncode} during start-up; last log lines:\n{_tail(log)}")
             if ready.is_file():
                 try:
@@ -171,6 +174,7 @@ class LocalStack:
                 return info
             time.sleep(0.1)
         proc.kill()
+        self._record(name).unlink(missing_ok=True)
         raise Unavailable(f"{name} not ready after {timeout:.0f}s; last log lines:\n{_tail(log)}")
 
     # -- the platform's services ----------------------------------------------------------------
