@@ -120,6 +120,121 @@ class SearcherConfig:
 
 
 @dataclass
+class RLConfig:
+    """The RL update of the searcher (spec §6): PPO with a critic, or GRPO.  Defaults: the paper."""
+
+    algorithm: Literal["ppo", "grpo"] = "ppo"
+    actor_lr: float = 1e-6
+    critic_lr: float = 1e-5  # ppo only
+    critic_model: str = ""  # ppo: model the critic starts from ("" = the policy's initial weights)
+    gamma: float = 1.0  # GAE discount (ppo)
+    lam: float = 1.0  # GAE lambda (ppo)
+    clip_ratio: float = 0.2  # PPO/GRPO policy ratio clip
+    value_clip: float = 0.2  # critic value clip around the old values (0 = off)
+    kl_coef: float = 0.001  # KL to the frozen reference policy (0 = no reference model at all)
+    kl_mode: Literal["reward", "loss"] = "reward"  # a per-token reward penalty, or a loss term
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # k3 = the low-variance estimator (for kl_mode loss)
+    entropy_coef: float = 0.0
+    group_size: int = 5  # grpo: trajectories per question
+    grpo_norm_std: bool = True  # grpo: divide the group-centred reward by the group's std
+    ppo_epochs: int = 1  # passes over one batch of trajectories
+    mini_batch_size: int = 0  # trajectories per optimiser step (0 = the whole batch: one step)
+    micro_batch_size: int = 4  # trajectories per forward/backward (gradient accumulation)
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warm-up, in optimiser steps
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up
+    total_steps: int = 0  # schedule length for linear/cosine (0 = train.steps)
+    lora_rank: int = 0  # > 0: train LoRA adapters (peft) instead of all weights
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    device: str = ""  # cpu, cuda, cuda:1 ("" = cuda when available)
+    gradient_checkpointing: bool = False
+    threads: int = 0  # torch CPU threads (0 = library default)
+    seed: int = 0
+
+    def validate(self, path: str) -> None:
+        for name in ("actor_lr", "critic_lr"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{path}.{name} must be in (0, 1), got {getattr(self, name)}")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{path}.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.clip_ratio < 1.0:
+            raise ConfigError(f"{path}.clip_ratio must be in (0, 1), got {self.clip_ratio}")
+        for name in ("value_clip", "kl_coef", "entropy_coef", "max_grad_norm", "weight_decay", "lora_dropout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name} must be >= 0, got {getattr(self, name)}")
+        if self.algorithm == "grpo" and self.group_size < 2:
+            raise ConfigError(f"{path}.group_size must be >= 2 for grpo (advantages are group-relative), "
+                              f"got {self.group_size}")
+        for name in ("ppo_epochs", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("mini_batch_size", "warmup_steps", "total_steps", "lora_rank", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lora_rank and self.lora_alpha < 1:
+            raise ConfigError(f"{path}.lora_alpha must be >= 1, got {self.lora_alpha}")
+        if not isinstance(self.lora_target_modules, list) or not all(
+                isinstance(m, str) and m for m in self.lora_target_modules):
+            raise ConfigError(f"{path}.lora_target_modules must be a list of module names")
+
+
+@dataclass
+class TrainConfig:
+    """A training run (`s3 train`): rollouts -> GBR rewards -> RL update -> publish, repeated."""
+
+    questions: list[str] = field(default_factory=list)  # FlashRAG .jsonl training sets (mixed, shuffled)
+    filter: bool = True  # keep only questions naive RAG gets wrong, drop yes/no golds (spec §5)
+    steps: int = 20  # RL steps (the paper: 20 x 120 = 2.4k questions)
+    batch_size: int = 120  # questions per step
+    checkpoint_dir: str = "checkpoints"  # checkpoints and the policy versions published to the searcher
+    save_every: int = 1  # steps between checkpoints (the last step is always saved)
+    keep_last: int = 3  # checkpoints kept besides the best one
+    log_dir: str = ""  # TensorBoard event files ("" = <checkpoint_dir>/tb)
+    wandb: bool = False  # also log to Weights & Biases (when installed)
+    wandb_project: str = "s3"
+    learner: str = ""  # address of a learner service (host:port); "" = update in this process
+    searcher: str = ""  # address of the searcher service (host:port); "" = the local stack
+    generator: str = ""  # address of the generator service ("" = the local stack)
+    retriever: str = ""  # address of the retriever service ("" = the local stack)
+    rollout_timeout_s: float = 3600.0
+    seed: int = 0
+    backend: Literal["local", "ray"] = "local"  # ray: data-parallel update through Ray Train
+    ray_address: str = ""  # ray backend: cluster address ("" = start a local Ray)
+    num_workers: int = 1  # ray backend: data-parallel training workers
+    use_gpu: bool = False  # ray backend: one GPU per worker
+
+    def validate(self, path: str) -> None:
+        for name in ("steps", "batch_size", "save_every", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ConfigError(f"{path}.keep_last must be >= 1, got {self.keep_last}")
+        if not self.rollout_timeout_s > 0:
+            raise ConfigError(f"{path}.rollout_timeout_s must be > 0, got {self.rollout_timeout_s}")
+        if not isinstance(self.questions, list) or not all(isinstance(q, str) and q for q in self.questions):
+            raise ConfigError(f"{path}.questions must be a list of .jsonl paths")
+        if not self.checkpoint_dir:
+            raise ConfigError(f"{path}.checkpoint_dir is empty")
+
+
+@dataclass
+class LearnerConfig:
+    """Learner service (PPO/GRPO updates, checkpoints, weight sync)."""
+
+    model: str = ""  # policy to train: HF folder, hub name or embedded name ("" = searcher.model)
+    host: str = "127.0.0.1"
+    port: int = 50054
+    http_port: int = 8054
+    max_trajectories: int = 4096  # largest Update request
+    max_tokens: int = 32768  # longest trajectory accepted by Update
+
+
+@dataclass
 class RedisConfig:
     url: str = ""  # redis://host:port/db; empty = the local one started by `s3 up`
     port: int = 6390  # port of the local redis-server that `s3 up` starts
@@ -145,6 +260,9 @@ class Config:
     searcher: SearcherConfig = field(default_factory=SearcherConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     state_dir: str = ".s3"  # pid files, logs and caches of the embedded default
 
     def validate(self) -> "Config":
@@ -191,6 +309,14 @@ class Config:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.eval.batch_size}")
         if self.eval.limit < 0:
             raise ConfigError(f"eval.limit must be >= 0, got {self.eval.limit}")
+        self.rl.validate("rl")
+        self.train.validate("train")
+        for p in ("port", "http_port"):
+            if not 0 <= getattr(self.learner, p) <= 65535:
+                raise ConfigError(f"learner.{p} must be a TCP port (0-65535), got {getattr(self.learner, p)}")
+        for name in ("max_trajectories", "max_tokens"):
+            if getattr(self.learner, name) < 1:
+                raise ConfigError(f"learner.{name} must be >= 1, got {getattr(self.learner, name)}")
         return self
 
 
@@ -260,6 +386,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path} must be true or false, got {value!r}")
