@@ -151,39 +151,15 @@ class HFGenerator(Generator):
     def _generate_batch(
         self, batch: list[list[int]], max_new_tokens: int, temperature: float, stops: list[str]
     ) -> tuple[list[str], int]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from s3core.generation.hf_generate import generate_new_tokens
 
-        width = max(len(p) for p in batch)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in batch], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=self.device)
+        rows = generate_new_tokens(self.model, self.tokenizer, batch, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, stops=stops, pad_id=self.pad_id, eos_ids=self.eos_ids)
         tokenizer = self.tokenizer
-        tail = max((len(s) for s in stops), default=0) + 8
-
-        class _StopStrings(StoppingCriteria):
-            def __call__(self, ids: Any, scores: Any, **kwargs: Any) -> Any:
-                new = ids[:, width:][:, -tail:]
-                decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-                done = [any(s in t for s in stops) for t in decoded]
-                return torch.tensor(done, dtype=torch.bool, device=ids.device)
-
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "pad_token_id": self.pad_id,
-            "eos_token_id": self.eos_ids,
-        }
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-        if stops:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings()])
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         texts: list[str] = []
         n_new = 0
         eos = set(self.eos_ids)
-        for row in out[:, width:].tolist():
+        for row in rows:
             n = len(row)
             for j, tok in enumerate(row):
                 if tok in eos or tok == self.pad_id:

@@ -15,7 +15,7 @@ import threading
 from typing import Any, Sequence
 
 from s3core.errors import ConfigError
-from s3core.search.episode import cut_tokens, decode
+from s3core.search.episode import cut_tokens
 
 __all__ = ["HFPolicy"]
 
@@ -115,39 +115,17 @@ class HFPolicy:
         self, batch: list[list[int]], max_new_tokens: int, temperature: float, stops: list[str]
     ) -> list[list[int]]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        from s3core.generation.hf_generate import generate_new_tokens
 
         device = self.device
-        width = max(len(p) for p in batch)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-        tokenizer = self.tokenizer
-        tail = max((len(s) for s in stops), default=0) + 2  # a stop string spans at most len(s) tokens
-
-        class _StopStrings(StoppingCriteria):
-            def __call__(self, ids: Any, scores: Any, **kwargs: Any) -> Any:
-                new = ids[:, width:][:, -tail:].tolist()
-                done = [any(s in decode(tokenizer, row, skip_special=False) for s in stops) for row in new]
-                return torch.tensor(done, dtype=torch.bool, device=ids.device)
-
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": int(max_new_tokens),
-            "pad_token_id": self.pad_id,
-            "eos_token_id": self.eos_token_ids,
-        }
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-        if stops:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings()])
-
         self._calls += 1
         seed = (self._seed * 1_000_003 + self._calls) % (2**63 - 1)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
             torch.manual_seed(seed)
-            with torch.inference_mode():
-                out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+            rows = generate_new_tokens(self.model, self.tokenizer, batch, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, stops=stops, pad_id=self.pad_id,
+                                       eos_ids=self.eos_token_ids, skip_special=False)
         eos = set(self.eos_token_ids)
-        return [cut_tokens(tokenizer, row, stops, eos) for row in out[:, width:].tolist()]
+        return [cut_tokens(self.tokenizer, row, stops, eos) for row in rows]
