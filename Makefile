@@ -9,7 +9,7 @@ GEN_DIR := libs/s3core/src
 GEN_STAMP := $(GEN_DIR)/s3/.gen-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help setup protos demo test test-unit test-integration lint bench clean redis-bin
+.PHONY: help setup protos demo train-demo test test-unit test-integration lint bench clean redis-bin
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ setup: $(STAMP) $(GEN_STAMP) ## venv, pinned deps, generated gRPC code, redis-se
 
 demo: setup ## main job on the embedded default: synth data, index, naive-RAG vs no-retrieval eval
 	$(BIN)/s3 demo
+
+train-demo: setup ## RL training on the embedded default: a few PPO steps of SmolLM2-135M on CPU
+	$(BIN)/s3 train --resume
 
 test: setup ## the whole test suite (unit + integration on loopback)
 	$(BIN)/python -m pytest tests -q -ra $(PYTEST_ARGS)

@@ -336,6 +336,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "embedded": {
         "generator": {"backend": "hf", "model": EMBEDDED_GENERATOR, "judge": "none"},
         "search": {"max_new_tokens": 128},
+        # a few small steps that show the loop on 2 CPU cores; the learning rates are raised from
+        # the paper's (1e-6 / 1e-5 over 20 steps of 120 questions) so that 3 steps move the policy
+        "train": {"steps": 3, "batch_size": 4, "checkpoint_dir": "runs/train", "keep_last": 2},
+        "rl": {"actor_lr": 1e-5, "critic_lr": 1e-4, "micro_batch_size": 2},
     },
     # the paper's GPU setting (spec §6): 14B generator on vLLM
     "gpu": {

@@ -13,12 +13,15 @@ from s3.v1 import (
     common_pb2,
     generator_pb2,
     generator_pb2_grpc,
+    learner_pb2,
+    learner_pb2_grpc,
     retriever_pb2,
     retriever_pb2_grpc,
     searcher_pb2,
     searcher_pb2_grpc,
 )
 from s3core.errors import Unavailable
+from s3core.rpc.auth import with_token
 from s3core.rpc.convert import doc_to_pb, docs_from_pb, question_to_pb, search_knobs_to_pb
 from s3core.rpc.errors import from_rpc_error
 from s3core.search.trajectory import Trajectory
@@ -36,7 +39,8 @@ class _Client:
     def __init__(self, address: str, timeout: float = 120.0) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=_OPTIONS)
+        # sends `authorization: Bearer <token>` when $S3_AUTH_TOKEN / $S3_AUTH_TOKEN_FILE configure one
+        self.channel = with_token(grpc.insecure_channel(address, options=_OPTIONS))
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
@@ -200,3 +204,38 @@ class SearcherClient(_Client):
 
 
 __all__ = ["RetrieverClient", "GeneratorClient", "SearcherClient", "common_pb2"]
+
+
+class LearnerClient(_Client):
+    """The learner service: RL updates (one per step), checkpoints, status."""
+
+    service = "s3.v1.Learner"
+
+    def __init__(self, address: str, timeout: float = 3600.0) -> None:
+        super().__init__(address, timeout)
+        self._stub = learner_pb2_grpc.LearnerStub(self.channel)
+
+    def update(self, trajectories: Sequence[Any], step: int, run_state_json: str = "", *, checkpoint: bool = True,
+               metric: float | None = None, driver_stats: Mapping[str, float] | None = None
+               ) -> learner_pb2.UpdateResponse:
+        """``trajectories``: ``learner_pb2.ScoredTrajectory`` messages."""
+        req = learner_pb2.UpdateRequest(trajectories=list(trajectories), step=int(step), run_state_json=run_state_json,
+                                        checkpoint=checkpoint, driver_stats=dict(driver_stats or {}))
+        if metric is not None:
+            req.metric = float(metric)
+        try:
+            return self._stub.Update(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"learner {self.address} Update") from None
+
+    def save_checkpoint(self, tag: str = "") -> learner_pb2.SaveCheckpointResponse:
+        try:
+            return self._stub.SaveCheckpoint(learner_pb2.SaveCheckpointRequest(tag=tag), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"learner {self.address} SaveCheckpoint") from None
+
+    def status(self) -> learner_pb2.LearnerStatusResponse:
+        try:
+            return self._stub.Status(learner_pb2.LearnerStatusRequest(), timeout=60.0)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"learner {self.address} Status") from None

@@ -1,0 +1,107 @@
+"""Where a training run's per-step numbers go: ``metrics.jsonl`` (always; the source of the reward
+plot and of `s3 train` summaries), TensorBoard event files, Weights & Biases when enabled and
+installed, and Prometheus (:mod:`s3core.train.metrics`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from s3core.io import write_jsonl
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainLogger", "read_metrics", "plot_rewards"]
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    rows = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                logger.warning("%s: skipping a torn line (a crash while writing)", p)
+    return rows
+
+
+class TrainLogger:
+    def __init__(self, run_dir: str | os.PathLike[str], *, tb_dir: str = "", wandb: bool = False,
+                 wandb_project: str = "s3", config: Mapping[str, Any] | None = None, start_step: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        # a resumed run continues the file from its checkpoint: steps after it were lost with the crash
+        kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= start_step]
+        write_jsonl(self.path, kept)
+        self._fh = self.path.open("a", encoding="utf-8")
+        self._tb: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(tb_dir or self.run_dir / "tb"), purge_step=start_step + 1)
+        except ImportError:
+            logger.warning("tensorboard is not installed: no TensorBoard event files")
+        self._wandb: Any = None
+        if wandb:
+            try:
+                import wandb as wandb_mod
+            except ImportError:
+                logger.warning("train.wandb is on but wandb is not installed: not logging to W&B")
+            else:
+                self._wandb = wandb_mod.init(project=wandb_project, config=dict(config or {}), resume="allow")
+
+    def log(self, step: int, row: Mapping[str, Any]) -> None:
+        rec = {"step": step, **row}
+        self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        scalars = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(f"train/{k}", v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def plot_rewards(metrics_path: str | os.PathLike[str], out_png: str | os.PathLike[str], title: str = "") -> Path | None:
+    """The reward curve (mean reward and mean GBR per step, with the share of improved questions)."""
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("reward_mean", "mean reward"), ("gbr_mean", "mean GBR"),
+                       ("context_acc_mean", "GenAcc of s3 context"), ("reward_share_pos", "share with reward > 0")):
+        if all(key in r for r in rows):
+            ax.plot(steps, [r[key] for r in rows], marker="o", label=label)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("value")
+    ax.set_title(title or "s3 training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_png)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,373 @@
+"""A training run (`s3 train`, the controller's train jobs): the s3 RL loop over the services.
+
+Each step: a batch of (filtered) training questions → the searcher service's rollouts at the
+training temperature (``n = rl.group_size`` per question for GRPO), pinned to the current policy
+version → the generator answers from each trajectory's s3 context → GenAcc → reward against the
+cached naive-RAG baseline (spec §5) → the learner's PPO/GRPO update → the new policy version
+published to the searcher (``LoadPolicy`` from the shared checkpoint folder) → logs.
+
+Set-up, once: the training set is the questions of ``train.questions``, minus those naive RAG
+already answers and yes/no golds (``train.filter``; baselines missing from the cache are computed
+and cached first), written to ``<checkpoint_dir>/train_questions.jsonl`` and reused on resume.
+The learner is in process (``train.learner`` empty) or a learner service; either way it resumes
+from its newest valid checkpoint, whose run state holds the data cursor, so ``--resume`` continues
+exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s3core.config import Config, config_to_dict
+from s3core.errors import FailedPrecondition, InvalidArgument, S3Error
+from s3core.io import write_json
+from s3core.types import Question
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainJob", "TrainSummary", "run_training"]
+
+TRAIN_FILE = "train_questions.jsonl"
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class TrainJob:
+    config: Config
+    config_path: str = ""
+    index: str = ""  # retriever index, when a retriever is started for the run
+    resume: bool = True  # continue from the newest valid checkpoint in train.checkpoint_dir
+    model: str = ""  # initial policy ("" = learner.model, else searcher.model)
+    show_progress: bool = True
+    redis_url: str = ""  # "" = redis.url, else the local one (started for the run when none answers)
+    progress: ProgressFn | None = None  # (fraction done, message) after each step
+
+
+@dataclass
+class TrainSummary:
+    steps: int = 0  # last completed step
+    start_step: int = 0  # step the run resumed from
+    version: int = 0
+    train_questions: int = 0
+    filtered_from: int = 0
+    checkpoint_dir: str = ""
+    last_checkpoint: str = ""
+    policy_path: str = ""
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "history"}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- learners: in process or a service --------------------------------------------------------------
+
+class _LocalLearner:
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    def status(self) -> dict[str, Any]:
+        return self.core.status()
+
+    def update(self, scored: Sequence[Any], step: int, run_state: dict[str, Any], checkpoint: bool,
+               metric: float | None, driver_stats: dict[str, float]) -> dict[str, Any]:
+        from s3core.train.samples import to_sample
+
+        samples = [to_sample(s, i) for i, s in enumerate(scored)]
+        r = self.core.update(samples, step, run_state, checkpoint=checkpoint, metric=metric)
+        return {"step": r.step, "version": r.version, "stats": dict(r.stats), "checkpoint_path": r.checkpoint_path,
+                "policy_path": r.policy_path}
+
+
+class _RemoteLearner:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def status(self) -> dict[str, Any]:
+        s = self.client.status()
+        return {"step": s.step, "policy_version": s.policy_version, "algorithm": s.algorithm,
+                "last_checkpoint": s.last_checkpoint, "run_state_json": s.run_state_json, "model": s.model,
+                "policy_path": s.policy_path}
+
+    def update(self, scored: Sequence[Any], step: int, run_state: dict[str, Any], checkpoint: bool,
+               metric: float | None, driver_stats: dict[str, float]) -> dict[str, Any]:
+        from s3core.train.samples import scored_to_pb
+
+        r = self.client.update([scored_to_pb(s) for s in scored], step, json.dumps(run_state), checkpoint=checkpoint,
+                               metric=metric, driver_stats=driver_stats)
+        return {"step": r.step, "version": r.policy_version, "stats": dict(r.stats),
+                "checkpoint_path": r.checkpoint_path, "policy_path": r.policy_path}
+
+
+# --- set-up helpers ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _baseline_cache(cfg: Config, url: str) -> Iterator[Any]:
+    """The Redis baseline cache; with no URL configured and none answering locally, a redis-server is
+    started for the run (its data kept in ``state_dir/redis``, so baselines outlive the run)."""
+    from s3core.cache.baseline import BaselineCache, redis_url
+    from s3core.errors import Unavailable
+    from s3core.runtime.local import LocalStack
+
+    target = redis_url(url or cfg.redis.url, cfg.redis.port)
+    try:
+        cache = BaselineCache.from_url(target)
+        cache.count()
+        yield cache
+        return
+    except Unavailable:
+        if url or cfg.redis.url:
+            raise
+    stack = LocalStack(Path(cfg.state_dir) / "train-redis", detach=False)
+    info = stack.start_redis(cfg.redis.port)
+    logger.info("started redis-server on port %d for the run", info.grpc_port)
+    try:
+        yield BaselineCache.from_url(redis_url("", info.grpc_port))
+    finally:
+        stack.down()
+
+
+def _training_set(cfg: Config, ckdir: Path, run_state: dict[str, Any], ret: Any, gen: Any, cache: Any, setup: Any,
+                  show_progress: bool) -> tuple[Path, int]:
+    """The training questions file (built once, reused on resume) and how many questions it came from."""
+    from s3core.data import load_questions
+    from s3core.eval.job import load_question_sets
+    from s3core.eval.precompute import filter_training_set, precompute
+    from s3core.io import write_jsonl
+
+    path = ckdir / TRAIN_FILE
+    if run_state.get("train_file_sha256"):
+        if not path.is_file():
+            raise FailedPrecondition(f"{path} is missing; the checkpoint's run was trained on it")
+        if _sha256(path) != run_state["train_file_sha256"]:
+            raise FailedPrecondition(f"{path} changed since the checkpoint was written (sha256 differs)")
+        return path, int(run_state.get("filtered_from", 0))
+    if not cfg.train.questions:
+        raise InvalidArgument("train.questions is empty: give the training question files (--questions)")
+    sets = load_question_sets(cfg.train.questions)
+    total = sum(len(v) for v in sets.values())
+    if cfg.train.filter:
+        precompute(sets, ret, gen, cache, k=setup.k, judge=setup.judge, batch_size=cfg.eval.batch_size,
+                   show_progress=show_progress)
+        summary = filter_training_set(sets, cache, setup.key_fn(), path)
+        logger.info("training set: kept %d of %d questions (%d answered by naive RAG, %d yes/no)", summary.kept,
+                    summary.total, summary.dropped_rag_correct, summary.dropped_yes_no)
+        if summary.kept == 0:
+            raise FailedPrecondition(f"no training questions left: naive RAG answers all {total} (or their golds "
+                                     "are yes/no); add harder questions or set train.filter: false")
+    else:
+        from s3core.cache.keys import SOURCE_DATASET
+
+        rows = [{"id": f"{ds}/{q.id}", "question": q.question, "golden_answers": list(q.golden_answers),
+                 "metadata": {**(q.metadata or {}), SOURCE_DATASET: ds, "source_id": q.id}}
+                for ds, qs in sets.items() for q in qs]
+        write_jsonl(path, rows)
+    load_questions(path)  # fails here, not mid-run, on anything odd
+    return path, total
+
+
+def _score_contexts(trajs: Sequence[Any], gen: Any, judge: bool, batch: int = 64) -> list[float]:
+    """GenAcc (0/1) of the generator answering from each trajectory's s3 context."""
+    from s3core.eval.scoring import score_answers
+
+    items = [(t.question.question, list(t.context)) for t in trajs]
+    answers: list[str] = []
+    for i in range(0, len(items), batch):
+        answers += list(gen.answer(items[i : i + batch]).answers)
+    if len(answers) != len(items):
+        raise S3Error(f"generator returned {len(answers)} answers for {len(items)} contexts")
+
+    def judge_fn(x: Sequence[tuple[str, str, Sequence[str]]]) -> list[bool]:
+        return list(gen.judge(x).correct)
+
+    scores = score_answers([(t.question.question, a, t.question.golden_answers) for t, a in zip(trajs, answers)],
+                           judge_fn if judge else None)
+    return [1.0 if s.genacc else 0.0 for s in scores]
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+# --- the loop -----------------------------------------------------------------------------------------
+
+def run_training(job: TrainJob) -> TrainSummary:
+    from tqdm import tqdm
+
+    from s3core.data import load_questions
+    from s3core.eval.job import check_index_dir, local_services
+    from s3core.eval.precompute import make_compute_fn, resolve_setup
+    from s3core.reward import RewardComputer
+    from s3core.rpc.clients import GeneratorClient, LearnerClient, RetrieverClient, SearcherClient
+    from s3core.rpc.convert import KNOB_FIELDS
+    from s3core.train import metrics as train_metrics
+    from s3core.train.data import TrainData
+    from s3core.train.log import TrainLogger, plot_rewards
+    from s3core.train.samples import ScoredTrajectory
+
+    cfg, tc = job.config, job.config.train
+    t_run = time.perf_counter()
+    ckdir = Path(tc.checkpoint_dir).expanduser().resolve()
+    ckdir.mkdir(parents=True, exist_ok=True)
+    model = job.model or cfg.learner.model or cfg.searcher.model
+    if tc.backend == "ray":
+        raise InvalidArgument("train.backend 'ray' runs the update through Ray Train: start a learner service with "
+                              "--backend ray and give its address in train.learner")
+    if not (tc.retriever or tc.searcher):
+        check_index_dir(job.index or cfg.retriever.index)
+    for p in tc.questions:  # bad paths fail before any service starts
+        if not Path(p).is_file():
+            raise InvalidArgument(f"train.questions: {p}: no such file")
+    group = cfg.rl.group_size if cfg.rl.algorithm == "grpo" else 1
+    summary = TrainSummary(checkpoint_dir=str(ckdir))
+
+    with contextlib.ExitStack() as stack:
+        cache = stack.enter_context(_baseline_cache(cfg, job.redis_url))
+        if tc.learner:
+            lclient = LearnerClient(tc.learner, timeout=tc.rollout_timeout_s)
+            stack.callback(lclient.close)
+            lclient.wait_ready()
+            learner: Any = _RemoteLearner(lclient)
+        else:
+            from s3core.rl.checkpoint import CheckpointManager
+            from s3core.train.learner_core import LearnerCore
+
+            if not job.resume and CheckpointManager(ckdir).checkpoints():
+                raise FailedPrecondition(f"{ckdir} already holds checkpoints: resume that run (--resume), or "
+                                         "choose another checkpoint dir")
+
+            logger.info("loading the learner (%s, %s) in process", model, cfg.rl.algorithm)
+            learner = _LocalLearner(LearnerCore(cfg, _resolve_model(model), ckdir, resume=job.resume))
+        status = learner.status()
+        if status["step"] and not job.resume:
+            raise FailedPrecondition(f"the learner is at step {status['step']}; a fresh run needs an empty "
+                                     "checkpoint dir / a fresh learner (or --resume)")
+        run_state = json.loads(status["run_state_json"] or "{}")
+        start_step, version = int(status["step"]), int(status["policy_version"])
+        summary.start_step = summary.steps = start_step
+        summary.version = version
+        if start_step >= tc.steps:
+            logger.info("nothing to do: the run is at step %d of %d", start_step, tc.steps)
+            summary.last_checkpoint, summary.policy_path = status["last_checkpoint"], status["policy_path"]
+            return summary
+
+        addrs = stack.enter_context(local_services(
+            cfg, index=job.index or cfg.retriever.index, retriever=tc.retriever, generator=tc.generator,
+            config_path=job.config_path, need_searcher=True, searcher=tc.searcher, searcher_model=model))
+        ret = RetrieverClient(addrs.retriever)
+        gen = GeneratorClient(addrs.generator)
+        searcher = SearcherClient(addrs.searcher, timeout=tc.rollout_timeout_s)
+        for c in (ret, gen, searcher):
+            stack.callback(c.close)
+            c.wait_ready()
+
+        judge = cfg.generator.judge == "model"
+        setup = resolve_setup(ret, gen, cfg.search.initial_k, judge)
+        train_file, total = _training_set(cfg, ckdir, run_state, ret, gen, cache, setup, job.show_progress)
+        questions = load_questions(train_file)
+        data = TrainData(questions, seed=tc.seed)
+        data.restore(run_state.get("data") or {})
+        summary.train_questions, summary.filtered_from = len(questions), total
+        base_state = {"train_file": str(train_file), "train_file_sha256": _sha256(train_file),
+                      "filtered_from": total, "model": model}
+        rewards = RewardComputer.from_config(cfg.reward, cache, setup.key_fn(),
+                                             compute=make_compute_fn(ret, gen, setup, cfg.eval.batch_size))
+
+        # the searcher must serve the learner's current policy before the first rollout
+        served = searcher.policy_info()
+        if version > 0 and served.version != version:
+            searcher.load_policy(status["policy_path"], version)
+        elif version == 0 and served.version != 0:
+            raise FailedPrecondition(f"the searcher serves policy version {served.version}, but the learner starts "
+                                     "from version 0: restart the searcher with the initial model")
+        knobs: dict[str, Any] = {name: getattr(cfg.search, name) for name in KNOB_FIELDS}
+        knobs["temperature"] = cfg.search.temperature_train
+
+        tlog = TrainLogger(ckdir, tb_dir=tc.log_dir, wandb=tc.wandb, wandb_project=tc.wandb_project,
+                           config=config_to_dict(cfg), start_step=start_step)
+        stack.callback(tlog.close)
+        bar = tqdm(total=tc.steps, initial=start_step, desc=f"s3 train ({cfg.rl.algorithm})", unit="step",
+                   disable=not job.show_progress)
+        stack.callback(bar.close)
+        for step in range(start_step + 1, tc.steps + 1):
+            t0 = time.perf_counter()
+            batch: list[Question] = data.next_batch(tc.batch_size)
+            trajs = searcher.rollout(batch, knobs, n=group, seed=tc.seed * 1_000_003 + step, expect_version=version)
+            bad = [t for t in trajs if t.policy_version != version]
+            if bad:
+                raise FailedPrecondition(f"rollout mixed policy versions: expected {version}, got "
+                                         f"{sorted({t.policy_version for t in bad})}")
+            t1 = time.perf_counter()
+            accs = _score_contexts(trajs, gen, judge)
+            qs = [t.question for t in trajs]
+            rs = rewards.rewards(qs, accs)
+            bases = [b.acc for b in rewards.baselines(qs)] if rewards.mode != "acc" else [0.0] * len(qs)
+            scored = [ScoredTrajectory(t, r, a - b, a, b) for t, r, a, b in zip(trajs, rs, accs, bases)]
+            t2 = time.perf_counter()
+            run_state = {**base_state, "data": data.state(), "step": step}
+            checkpoint = step % tc.save_every == 0 or step == tc.steps
+            driver = {"rollout_seconds": t1 - t0, "reward_seconds": t2 - t1,
+                      **{f"searcher_{k}": v for k, v in searcher.last_stats.items()}}
+            res = learner.update(scored, step, run_state, checkpoint, _mean(rs), driver)
+            t3 = time.perf_counter()
+            version = int(res["version"])
+            searcher.load_policy(res["policy_path"], version)
+            t4 = time.perf_counter()
+            st = res["stats"]
+            step_s = t4 - t0
+            row: dict[str, Any] = {
+                "version": version, "trajectories": len(trajs),
+                "reward_mean": _mean(rs), "gbr_mean": _mean([s.gbr for s in scored]),
+                "context_acc_mean": _mean(accs), "baseline_acc_mean": _mean(bases),
+                "reward_share_neg": _mean([1.0 if r < 0 else 0.0 for r in rs]),
+                "reward_share_zero": _mean([1.0 if r == 0 else 0.0 for r in rs]),
+                "reward_share_pos": _mean([1.0 if r > 0 else 0.0 for r in rs]),
+                "rollout_seconds": t1 - t0, "reward_seconds": t2 - t1, "update_seconds": t3 - t2,
+                "publish_seconds": t4 - t3, "step_seconds": step_s,
+                # verl's throughput: tokens / (step time x devices); one device per process here
+                "tokens_per_second": float(st.get("tokens", 0.0)) / step_s if step_s > 0 else 0.0,
+            }
+            for k in ("policy_loss", "value_loss", "kl", "entropy", "clip_fraction", "value_clip_fraction",
+                      "grad_norm", "lr", "response_tokens", "tokens"):
+                if k in st and math.isfinite(float(st[k])):
+                    row[k] = float(st[k])
+            tlog.log(step, row)
+            if not tc.learner:
+                train_metrics.publish(step, version, row, trajectories=len(trajs))
+            summary.history.append({"step": step, **row})
+            summary.steps, summary.version = step, version
+            summary.last_checkpoint = res["checkpoint_path"] or summary.last_checkpoint
+            summary.policy_path = res["policy_path"]
+            bar.set_postfix(reward=f"{row['reward_mean']:+.3f}", gbr=f"{row['gbr_mean']:+.3f}",
+                            kl=f"{row.get('kl', 0.0):.4f}")
+            bar.update(1)
+            if job.progress is not None:
+                job.progress(step / tc.steps, f"step {step}/{tc.steps}: reward {row['reward_mean']:+.3f}")
+        summary.seconds = time.perf_counter() - t_run
+        plot_rewards(ckdir / "metrics.jsonl", ckdir / "reward_curve.png",
+                     title=f"s3 {cfg.rl.algorithm} on {', '.join(Path(p).name for p in tc.questions) or 'resumed set'}")
+        write_json(ckdir / "train_summary.json", summary.to_json())
+    return summary
+
+
+def _resolve_model(model: str) -> str:
+    from s3core.generation.models import resolve_model
+
+    return resolve_model(model)
