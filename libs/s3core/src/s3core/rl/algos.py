@@ -81,7 +81,7 @@ class _NextTokenLogprob(torch.autograd.Function):
             logp = _log_softmax(rows[s:s + step], temperature)
             out[s:s + step] = logp.gather(-1, targets[s:s + step, None]).squeeze(-1)
             if with_entropy:
-                ent[s:s + step] = -torch.einsum("ij,ij->i", logp.exp(), logp)
+                ent[s:s + step] = -(logp.exp() * logp).sum(-1)
         ctx.save_for_backward(rows, targets)
         ctx.temperature = temperature
         ctx.mark_non_differentiable(ent)
@@ -103,13 +103,25 @@ class _NextTokenLogprob(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _positions(mask: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Indices of the nonzero entries of ``mask``, computed where ``mask`` lives (a CPU mask costs no
-    device synchronisation) and moved to ``device``."""
+Mask = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _positions(mask: Mask, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Indices of the nonzero entries of ``mask`` on ``device``.
+
+    ``mask`` is a tensor of ``shape`` (its nonzeros are found where it lives: a CPU mask costs no
+    device synchronisation) or already such indices, ``mask.nonzero(as_tuple=True)``.
+    """
+    if isinstance(mask, tuple):
+        if len(mask) != len(shape):
+            raise ValueError(f"mask indices: expected {len(shape)} index tensors, got {len(mask)}")
+        return tuple(i.to(device, non_blocking=True) for i in mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"mask {tuple(mask.shape)} must have the shape {tuple(shape)}")
     return tuple(i.to(device, non_blocking=True) for i in mask.bool().nonzero(as_tuple=True))
 
 
-def _next_token(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float, mask: torch.Tensor | None,
+def _next_token(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float, mask: Mask | None,
                 with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.dim() != 3 or input_ids.shape != logits.shape[:2]:
         raise ValueError(f"token_logprobs: logits {tuple(logits.shape)} do not match input_ids {tuple(input_ids.shape)}")
@@ -122,16 +134,14 @@ def _next_token(logits: torch.Tensor, input_ids: torch.Tensor, temperature: floa
         lp, ent = _NextTokenLogprob.apply(logits.reshape(-1, vocab), targets, float(temperature), with_entropy)
         ent = ent.view(batch, length)[:, :-1] if with_entropy else ent
         return lp.view(batch, length)[:, :-1], ent
-    if mask.shape != (batch, length - 1):
-        raise ValueError(f"token_logprobs: mask {tuple(mask.shape)} must be [B, T-1] = {(batch, length - 1)}")
-    bi, ti = _positions(mask, logits.device)
+    bi, ti = _positions(mask, (batch, length - 1), logits.device)
     lp, ent = _NextTokenLogprob.apply(logits[bi, ti], input_ids[bi, ti + 1], float(temperature), with_entropy)
     zeros = torch.zeros(batch, length - 1, dtype=torch.float32, device=logits.device)
     return zeros.index_put((bi, ti), lp), (zeros.index_put((bi, ti), ent) if with_entropy else ent)
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: Mask | None = None) -> torch.Tensor:
     """Log-probability of every next token under ``softmax(logits / temperature)``.
 
     Args:
@@ -139,9 +149,9 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
         input_ids: ``[B, T]``.
         temperature: the sampling temperature the tokens were drawn with (the policy being trained is
             ``softmax(logits / temperature)``).
-        mask: optional ``[B, T-1]`` loss mask (best on the CPU): only its nonzero positions are
-            computed -- the others are 0 with a zero gradient -- which skips the vocabulary-wide work
-            for prompt and observation tokens.
+        mask: optional ``[B, T-1]`` loss mask (best on the CPU), or the ``(rows, columns)`` indices of
+            its nonzeros: only those positions are computed -- the others are 0 with a zero gradient
+            -- which skips the vocabulary-wide work for prompt and observation tokens.
     Returns:
         ``[B, T-1]`` float32: entry ``[b, j] = log p(input_ids[b, j+1] | input_ids[b, :j+1])``.
         Differentiable w.r.t. ``logits`` without fp32 copies of them (see :class:`_NextTokenLogprob`).
@@ -150,7 +160,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
 
 
 def token_logprobs_and_entropy(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
-                               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                               mask: Mask | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`token_logprobs` plus, from the same pass over the logits, the entropy of each position's
     next-token distribution (``[B, T-1]``, a constant: no gradient flows through it)."""
     return _next_token(logits, input_ids, temperature, mask, with_entropy=True)
@@ -165,7 +175,7 @@ def _entropy_rows(rows: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0,
-                        mask: torch.Tensor | None = None) -> torch.Tensor:
+                        mask: Mask | None = None) -> torch.Tensor:
     """Entropy of ``softmax(logits / temperature)`` at every position, chunked, differentiable.
 
     For the entropy bonus; autograd keeps fp32 intermediates of the rows it computes, so pass a
@@ -174,15 +184,14 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0,
 
     Args:
         logits: ``[..., V]``, e.g. ``logits[:, :-1]`` (``[B, T-1, V]``) for the loss convention.
-        mask: optional ``[...]``; positions where it is 0 are not computed and hold 0.
+        mask: optional ``[...]`` (or the indices of its nonzeros); positions where it is 0 are not
+            computed and hold 0.
     Returns:
         ``[...]`` float32.
     """
     lead, vocab = logits.shape[:-1], logits.shape[-1]
     if mask is not None:
-        if mask.shape != lead:
-            raise ValueError(f"entropy_from_logits: mask {tuple(mask.shape)} must be {tuple(lead)}")
-        idx = _positions(mask, logits.device)
+        idx = _positions(mask, tuple(lead), logits.device)
         zeros = torch.zeros(lead, dtype=torch.float32, device=logits.device)
         return zeros.index_put(idx, _entropy_rows(logits[idx], temperature))
     if logits.dim() > 2 and not logits.is_contiguous():  # e.g. logits[:, :-1]: row by row, no copy

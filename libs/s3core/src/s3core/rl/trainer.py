@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +80,33 @@ class LRSchedule:
         return 1.0 - p if self.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
 
 
+@dataclass
+class _Micro:
+    """One micro-batch on the device: some rows of the batch, trimmed to their longest sequence."""
+
+    rows: torch.Tensor  # [b] indices into the batch
+    ids: torch.Tensor  # [b, W]
+    attn: torch.Tensor | None  # [b, W]; None when no row is padded (the faster unmasked attention)
+    mask: torch.Tensor  # [b, W-1] float loss mask
+    positions: tuple[torch.Tensor, torch.Tensor]  # (row, column) of the loss mask's nonzeros
+    tokens: int  # action tokens (= len(positions[0]))
+
+    def take(self, per_token: torch.Tensor) -> torch.Tensor:
+        """This micro-batch's ``[b, W-1]`` slice of a batch-wide ``[B, T-1]`` tensor."""
+        return per_token[self.rows, : self.ids.shape[1] - 1]
+
+
 class _Batch:
     """One step's batch on the device plus the per-token tensors the update reads (all ``[B, T-1]``)."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.device = device
         self.input_ids = tensors["input_ids"].to(device)
         self.attention_mask = tensors["attention_mask"].to(device)
-        self.mask_cpu = tensors["action_mask"][:, 1:].bool()  # indexes the logits without a device sync
+        self.mask_cpu = tensors["action_mask"][:, 1:].bool()
         self.mask = self.mask_cpu.to(device=device, dtype=torch.float32)
         self.lengths = tensors["lengths"].tolist()
-        self.row_tokens = tensors["action_mask"][:, 1:].sum(-1).tolist()  # action tokens per row (CPU)
+        self.row_tokens = self.mask_cpu.sum(-1).tolist()  # action tokens per row
         self.rewards = tensors["rewards"].to(device)
         self.group_index = tensors["group_index"]
         self.size = len(self.lengths)
@@ -99,15 +117,32 @@ class _Batch:
         self.advantages = torch.zeros(shape, device=device)
         self.returns = torch.zeros(shape, device=device)
 
-    def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """``(input_ids, attention_mask or None when unpadded, width)`` of rows ``idx``, trimmed to
-        their longest sequence."""
-        lens = [self.lengths[i] for i in idx.tolist()]
-        width = max(lens)
-        dev_idx = idx.to(self.input_ids.device)
-        ids = self.input_ids[dev_idx, :width]
-        attn = None if min(lens) == width else self.attention_mask[dev_idx, :width]
-        return ids, attn, width
+    def micro_batches(self, order: torch.Tensor, size: int) -> list[_Micro]:
+        """Split the rows ``order`` (a CPU index tensor) into micro-batches of ``size`` rows.
+
+        Every index the micro-batches need goes to the device in one (pinned, asynchronous) copy: a
+        copy per micro-batch from pageable memory would wait for the device's queue each time.
+        """
+        parts, meta = [order], []
+        for idx in order.split(size):
+            lens = [self.lengths[i] for i in idx.tolist()]
+            width = max(lens)
+            bi, ti = self.mask_cpu[idx, : width - 1].nonzero(as_tuple=True)
+            parts += [bi, ti]
+            meta.append((len(idx), width, min(lens) < width, len(bi)))
+        flat = torch.cat(parts)
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(self.device, non_blocking=True)
+        out, r, p = [], 0, len(order)
+        for n, width, padded, n_pos in meta:
+            rows = flat[r:r + n]
+            out.append(_Micro(rows=rows, ids=self.input_ids[rows, :width],
+                              attn=self.attention_mask[rows, :width] if padded else None,
+                              mask=self.mask[rows, : width - 1],
+                              positions=(flat[p:p + n_pos], flat[p + n_pos:p + 2 * n_pos]), tokens=n_pos))
+            r, p = r + n, p + 2 * n_pos
+        return out
 
 
 class RLTrainer:
@@ -206,6 +241,8 @@ class RLTrainer:
         path = resolve_model(model_path)
         dev = resolve_device(device or cfg.device)
         source_dtype = getattr(AutoConfig.from_pretrained(path), "dtype", None)
+        if isinstance(source_dtype, str):  # configs may carry the name ("bfloat16")
+            source_dtype = getattr(torch, source_dtype, None)
         if source_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             source_dtype = torch.float32
         policy, tokenizer = load_policy(path, cfg, dev)
@@ -295,15 +332,14 @@ class RLTrainer:
         stats.update({k: v / updates_per_step for k, v in totals.items() if k != "skipped_updates"})
         stats["skipped_updates"] = totals.get("skipped_updates", 0.0)
 
-        mask = b.mask
-        n_act = float(mask.sum())
+        n_act = float(sum(b.row_tokens))
         stats["entropy"] = stats.pop("_entropy_sum") / n_act
         stats["kl"] = stats.pop("_kl_sum") / n_act  # 0 without a reference
-        rewards = b.rewards.float()
+        rewards = tensors["rewards"]
         stats.update({
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
-            "advantage_mean": float(algos.masked_mean(b.advantages, mask)),
+            "advantage_mean": float(algos.masked_mean(b.advantages, b.mask)),
             "response_tokens": n_act,
             "tokens": float(sum(b.lengths)),
         })
@@ -334,25 +370,27 @@ class RLTrainer:
         self.policy.eval()
         if self.critic is not None:
             self.critic.eval()
-        for idx in torch.arange(b.size).split(cfg.micro_batch_size):
-            ids, attn, width = b.rows(idx)
-            rows = idx.to(self.device)
-            m_cpu = b.mask_cpu[idx, : width - 1]
+        ent_sum = torch.zeros((), device=self.device)
+        for mb in b.micro_batches(torch.arange(b.size), cfg.micro_batch_size):
+            cols = slice(0, mb.ids.shape[1] - 1)
             if need_old:
-                logits = self._logits(self.policy, ids, attn)
-                lp, ent = algos.token_logprobs_and_entropy(logits, ids, self.temperature, m_cpu)
+                assert b.old_logp is not None
+                logits = self._logits(self.policy, mb.ids, mb.attn)
+                lp, ent = algos.token_logprobs_and_entropy(logits, mb.ids, self.temperature, mb.positions)
                 del logits
-                b.old_logp[rows, : width - 1] = lp
-                out["_entropy_sum"] += float(ent.sum())  # 0 outside the mask
+                b.old_logp[mb.rows, cols] = lp
+                ent_sum = ent_sum + ent.sum()  # 0 outside the mask
             if need_ref:
-                logits = self._reference_logits(ids, attn)
-                b.ref_logp[rows, : width - 1] = algos.token_logprobs(logits, ids, self.temperature, m_cpu)
+                assert b.ref_logp is not None
+                logits = self._reference_logits(mb.ids, mb.attn)
+                b.ref_logp[mb.rows, cols] = algos.token_logprobs(logits, mb.ids, self.temperature, mb.positions)
                 del logits
             if self.critic is not None:
-                b.values[rows, : width - 1] = self._values(ids, attn).float()
+                b.values[mb.rows, cols] = self._values(mb.ids, mb.attn).float()
+        out["_entropy_sum"] = float(ent_sum)
         if need_old and need_ref:
-            kl = algos.kl_estimate(b.old_logp, b.ref_logp, cfg.kl_estimator, b.mask)
-            out["_kl_sum"] = float(kl.sum())
+            assert b.old_logp is not None and b.ref_logp is not None
+            out["_kl_sum"] = float(algos.kl_estimate(b.old_logp, b.ref_logp, cfg.kl_estimator, b.mask).sum())
         return out
 
     @torch.no_grad()
@@ -383,7 +421,8 @@ class RLTrainer:
         pass ran), so the entropy / KL statistics are taken here.
         """
         cfg = self.cfg
-        n_tok = sum(b.row_tokens[i] for i in mb.tolist())
+        micro = b.micro_batches(mb, cfg.micro_batch_size)
+        n_tok = sum(m.tokens for m in micro)
         self.policy.train()
         self.actor_optimizer.zero_grad(set_to_none=True)
         if self.critic is not None:
@@ -395,29 +434,26 @@ class RLTrainer:
         if self.critic is not None:
             acc.update(value_loss=zero, value_clip_fraction=zero)
         ent_sum, kl_sum = zero, zero
-        for idx in mb.split(cfg.micro_batch_size):
-            ids, attn, width = b.rows(idx)
-            rows = idx.to(self.device)
-            m = b.mask[rows, : width - 1]
-            m_cpu = b.mask_cpu[idx, : width - 1]
-            share = sum(b.row_tokens[i] for i in idx.tolist()) / n_tok
-            logits = self._logits(self.policy, ids, attn)
+        for mc in micro:
+            m = mc.mask
+            share = mc.tokens / n_tok
+            logits = self._logits(self.policy, mc.ids, mc.attn)
             ent = None
             if cfg.entropy_coef > 0:
-                ent = algos.entropy_from_logits(logits[:, :-1], self.temperature, m_cpu)
-                logp = algos.token_logprobs(logits, ids, self.temperature, m_cpu)
+                ent = algos.entropy_from_logits(logits[:, :-1], self.temperature, mc.positions)
+                logp = algos.token_logprobs(logits, mc.ids, self.temperature, mc.positions)
             elif stats_pass:
-                logp, ent = algos.token_logprobs_and_entropy(logits, ids, self.temperature, m_cpu)
+                logp, ent = algos.token_logprobs_and_entropy(logits, mc.ids, self.temperature, mc.positions)
             else:
-                logp = algos.token_logprobs(logits, ids, self.temperature, m_cpu)
+                logp = algos.token_logprobs(logits, mc.ids, self.temperature, mc.positions)
             del logits  # the log-prob and entropy rows hold what the backward needs
-            old = logp.detach() if b.old_logp is None else b.old_logp[rows, : width - 1]
-            loss, pst = algos.policy_loss(logp, old, b.advantages[rows, : width - 1], m, cfg.clip_ratio)
+            old = logp.detach() if b.old_logp is None else mc.take(b.old_logp)
+            loss, pst = algos.policy_loss(logp, old, mc.take(b.advantages), m, cfg.clip_ratio)
             acc["policy_loss"] = acc["policy_loss"] + loss.detach() * share
             acc["clip_fraction"] = acc["clip_fraction"] + pst["clip_fraction"] * share
             acc["approx_kl"] = acc["approx_kl"] + pst["approx_kl"] * share
             if b.ref_logp is not None:
-                ref = b.ref_logp[rows, : width - 1]
+                ref = mc.take(b.ref_logp)
                 if cfg.kl_mode == "loss":
                     loss = loss + cfg.kl_coef * algos.masked_mean(algos.kl_estimate(logp, ref, cfg.kl_estimator), m)
                 if stats_pass:
@@ -430,9 +466,8 @@ class RLTrainer:
             (loss * share).backward()
             del logp, loss, ent
             if self.critic is not None:
-                values = self._values(ids, attn)
-                vloss, vclip = algos.value_loss(values, b.values[rows, : width - 1], b.returns[rows, : width - 1],
-                                                m, cfg.value_clip)
+                values = self._values(mc.ids, mc.attn)
+                vloss, vclip = algos.value_loss(values, mc.take(b.values), mc.take(b.returns), m, cfg.value_clip)
                 (vloss * share).backward()
                 acc["value_loss"] = acc["value_loss"] + vloss.detach() * share
                 acc["value_clip_fraction"] = acc["value_clip_fraction"] + vclip * share

@@ -56,8 +56,10 @@ class LearnerCore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         total = cfg.rl.total_steps or cfg.train.steps
+        # the update trains softmax(logits / T) at the temperature the searcher sampled with (on-policy)
         self.trainer = trainer or RLTrainer.from_pretrained(self.model_path, cfg.rl, device=device or cfg.rl.device
-                                                            or None, total_steps=total)
+                                                            or None, total_steps=total,
+                                                            temperature=cfg.search.temperature_train)
         self.checkpoints = CheckpointManager(self.root, keep_last=cfg.train.keep_last, keep_best=True)
         self.step = 0
         self.run_state: dict[str, Any] = {}

@@ -314,9 +314,16 @@ def run_training(job: TrainJob) -> TrainSummary:
             if bad:
                 raise FailedPrecondition(f"rollout mixed policy versions: expected {version}, got "
                                          f"{sorted({t.policy_version for t in bad})}")
+            if len(trajs) != len(batch) * group:
+                raise S3Error(f"searcher returned {len(trajs)} trajectories for {len(batch)} questions x {group}")
+            # the batch's own Question objects: their metadata (the source dataset) keys the baselines
+            qs = [batch[i // group] for i in range(len(trajs))]
+            for t, q in zip(trajs, qs):
+                if t.question.id != q.id:
+                    raise S3Error(f"searcher returned trajectories out of order ({t.question.id!r} for {q.id!r})")
+                t.question = q
             t1 = time.perf_counter()
             accs = _score_contexts(trajs, gen, judge)
-            qs = [t.question for t in trajs]
             rs = rewards.rewards(qs, accs)
             bases = [b.acc for b in rewards.baselines(qs)] if rewards.mode != "acc" else [0.0] * len(qs)
             scored = [ScoredTrajectory(t, r, a - b, a, b) for t, r, a, b in zip(trajs, rs, accs, bases)]
