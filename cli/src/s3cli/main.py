@@ -279,6 +279,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise InvalidArgument("--searcher needs --index (the searcher searches through the retriever)")
     if not args.no_generator:
         procs.append(stack.start_generator(cfg.generator, config_path))
+    if getattr(args, "controller", False):
+        from s3core.cache.baseline import redis_url
+
+        procs.append(stack.start_controller(redis_url(cfg.redis.url, procs[0].grpc_port), config_path))
     t = Table(title=f"s3 services ({stack.state_dir})")
     for col in ("service", "pid", "address", "http (/metrics)", "log"):
         t.add_column(col)
@@ -498,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", help="index directory for the retriever (no retriever without it)")
     p.add_argument("--no-generator", action="store_true", help="don't start the generator")
     p.add_argument("--searcher", action="store_true", help="also start a searcher (the s3 policy) over the retriever")
+    p.add_argument("--controller", action="store_true", help="also start the job controller (s3 jobs ...)")
     p.add_argument("--state-dir", default=DEFAULT_STATE, help="pid files, logs, redis data (default .s3)")
     _common_config(p)
     _generator_flags(p)
@@ -511,10 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE)
     p.set_defaults(func=cmd_status)
 
+    from s3cli import train as train_cli
+
+    train_cli.add_parser(sub)
+
     p = sub.add_parser("serve", help="run one service in the foreground (as in a container)")
-    p.add_argument("service", choices=["retriever", "generator"])
+    p.add_argument("service", choices=["retriever", "generator", "controller"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the service's own flags (see s3 serve SERVICE --help)")
     p.set_defaults(func=cmd_serve)
+
+    from s3cli import jobs as jobs_cli
+
+    jobs_cli.add_parser(sub)
 
     p = sub.add_parser("doctor", help="check the installation (no downloads)")
     p.set_defaults(func=cmd_doctor)

@@ -138,14 +138,21 @@ async def start_server(
     service_names: list[str],
     bind: str = "127.0.0.1:0",
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    interceptors: list[grpc.aio.ServerInterceptor] | None = None,
 ) -> RunningServer:
     """Create, register and start an aio server on ``bind`` (``host:port``; port 0 picks one).
 
     The health service starts NOT_SERVING for every name; call ``set_serving()`` once the
-    service's index or model is loaded.
+    service's index or model is loaded.  ``interceptors`` run inside the error/metrics one (so
+    what they reject is counted); ``None`` = bearer-token auth when ``$S3_AUTH_TOKEN`` /
+    ``$S3_AUTH_TOKEN_FILE`` configure a token (:mod:`s3core.rpc.auth`), else none.
     """
+    if interceptors is None:
+        from s3core.rpc.auth import interceptors_from_env
+
+        interceptors = interceptors_from_env()
     server = grpc.aio.server(
-        interceptors=[ErrorAndMetricsInterceptor()],
+        interceptors=[ErrorAndMetricsInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -75,6 +75,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _redis_pid(port: int) -> int:
+    """``process_id`` of the redis-server answering on ``port`` (0 when it is not ready yet)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        s.sendall(b"INFO server\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data[-8:] and len(data) < 65536:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+            if data.startswith(b"-"):  # e.g. -LOADING: not ready yet
+                return 0
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return 0
+
+
 class LocalStack:
     def __init__(self, state_dir: str | os.PathLike[str], detach: bool = True) -> None:
         self.state_dir = Path(state_dir).resolve()
@@ -135,11 +153,11 @@ class LocalStack:
             if proc.poll() is not None:
                 raise Unavailable(f"redis-server exited with {proc.returncode}:\n{_tail(info.log)}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        write_json(self._record("redis"), info.__dict__)
-                        return info
+                # the answer must come from the server just spawned, not another one holding the port
+                if _redis_pid(port) == proc.pid:
+                    write_json(self._record("redis"), info.__dict__)
+                    return info
+                time.sleep(0.1)
             except OSError:
                 time.sleep(0.1)
         proc.kill()
@@ -193,6 +211,14 @@ class LocalStack:
         if cfg.base_url:
             args += ["--base-url", cfg.base_url]
         return self.start_service("searcher", "s3_searcher", args)
+
+    def start_controller(self, redis_url: str, config_path: str = "", backend: str = "local",
+                         extra_args: list[str] | None = None) -> ProcInfo:
+        """The job controller over ``redis_url``; its workers' logs go under this state dir.  Workers it
+        starts run in sessions of their own: stopping the controller leaves them running."""
+        args = [*_cfg_args(config_path), "--redis-url", redis_url, "--backend", backend,
+                "--state-dir", str(self.state_dir), *(extra_args or [])]
+        return self.start_service("controller", "s3_controller", args, timeout=60.0)
 
     def stop(self, name: str, timeout: float = 10.0) -> bool:
         info = self.get(name)
