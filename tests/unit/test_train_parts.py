@@ -126,3 +126,25 @@ def test_shipped_training_configs_load() -> None:
     for f in files:
         cfg = load_config(f)
         assert cfg.train.questions and cfg.train.steps >= 1, f
+
+
+def test_s3_train_rejects_bad_input_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from s3cli.main import main
+
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"id": "1", "question": "who?", "golden_answers": ["x"]}\n')
+    idx = tmp_path / "idx"
+    cases = [
+        (["--questions", str(q), "--steps", "0"], "train.steps must be >= 1"),
+        (["--questions", str(q), "--algorithm", "grpo", "--config", str(tmp_path / "missing.yaml")], "no such config"),
+        (["--questions", str(tmp_path / "nope.jsonl"), "--index", str(idx)], "not an index directory"),
+    ]
+    idx.mkdir()
+    for argv, message in cases:
+        assert main(["train", "--quiet", "--checkpoint-dir", str(tmp_path / "ck"), *argv]) == 2
+        assert message in capsys.readouterr().err
+    (idx / "manifest.json").write_text("{}")
+    assert main(["train", "--quiet", "--checkpoint-dir", str(tmp_path / "ck"), "--index", str(idx),
+                 "--questions", str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").glob("step-*"))

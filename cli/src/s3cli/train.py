@@ -59,8 +59,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from s3core.train.run import TrainJob, run_training
 
-    console = Console(soft_wrap=True)
+    import sys
+
+    # a log file gets the whole table, not rich's 80-column default for non-terminals
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
     cfg, embedded = _config(args)
+    if not args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-checkpoint "Writing model shards" bars would bury the run's own
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host)
+        console.print(f"training metrics (s3_train_*) on http://{args.metrics_host}:{args.metrics_port}/metrics")
     index = args.index or cfg.retriever.index
     if embedded:
         questions, world_index = _embedded_world(Path(args.world), args.world_seed)
@@ -117,5 +129,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--world", default="runs/demo",
                    help="embedded default: where the synthetic world lives (shared with `s3 demo`)")
     p.add_argument("--world-seed", type=int, default=0, help="embedded default: seed of the synthetic world")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (s3_train_*) on this port while "
+                                                     "training in process")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

@@ -94,6 +94,9 @@ def plot_rewards(metrics_path: str | os.PathLike[str], out_png: str | os.PathLik
         if all(key in r for r in rows):
             ax.plot(steps, [r[key] for r in rows], marker="o", label=label)
     ax.axhline(0.0, color="grey", lw=0.8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("RL step")
     ax.set_ylabel("value")
     ax.set_title(title or "s3 training")
