@@ -54,12 +54,12 @@ def _embedded_world(root: Path, seed: int) -> tuple[list[str], str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
     from s3core.train.run import TrainJob, run_training
-
-    import sys
 
     # a log file gets the whole table, not rich's 80-column default for non-terminals
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
