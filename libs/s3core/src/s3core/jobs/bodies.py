@@ -235,6 +235,11 @@ def run_train(ctx: JobContext) -> None:
     from s3core.train import TrainJob, run_training
 
     a, cfg = ctx.spec.args, ctx.spec.config
+    k = ctx.spec.kubernetes
+    if k.ray_workers > 0 and cfg.train.backend == "local":
+        # a multi-worker train job (a KubeRay RayJob on Kubernetes): the update runs through Ray Train
+        # on its workers; the driver finds the cluster through RAY_ADDRESS, which KubeRay sets
+        cfg.train.backend, cfg.train.num_workers, cfg.train.use_gpu = "ray", k.ray_workers, k.gpus > 0
     model = a.model or cfg.learner.model or cfg.searcher.model
     ctx.models["policy"] = describe_model(model)
     ctx.progress(0.0, "starting services" if not cfg.train.searcher else "connecting")

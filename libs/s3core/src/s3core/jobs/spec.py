@@ -256,7 +256,7 @@ class KubernetesOptions:
     backoff_limit: int = 0  # pod retries inside one attempt (the controller retries attempts itself)
     ttl_seconds_after_finished: int = 86400  # the Kubernetes Job is deleted this long after it ends
     ray_workers: int = 0  # train only: > 0 = a KubeRay RayJob with this many worker pods, when installed
-    ray_version: str = "2.40.0"
+    ray_version: str = "2.60.0"  # the ray[train] pin of requirements.txt
 
     def validate(self, path: str) -> None:
         for name in ("cpu", "memory"):

@@ -162,6 +162,7 @@ class CheckpointManager:
         """Write checkpoint ``step`` (replacing one of the same step), update the pointers and prune.
 
         ``extra`` must be JSON-serialisable; ``metric`` (higher is better) ranks the best checkpoint.
+        Under data-parallel ``torch.distributed`` only rank 0 writes; the others return the path.
         """
         import torch
 
@@ -172,8 +173,12 @@ class CheckpointManager:
             extra_text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint extra/metric must be JSON-serialisable (finite numbers): {e}") from None
-        self._remove_stale_temps()
         target = self.root / self.name(step)
+        from s3core.rl.distributed import is_main_process
+
+        if not is_main_process():  # data parallel: the replicas are identical and rank 0 writes
+            return target
+        self._remove_stale_temps()
         t0 = time.perf_counter()
         with atomic_dir(target) as tmp:
             torch.save(trainer.state_dict(), tmp / "trainer.pt")

@@ -17,6 +17,10 @@ Only logits of one micro-batch exist at a time and log-probabilities are taken f
 so memory is bounded by ``micro_batch_size`` (the ``[B, T, V]`` logits of a 7B model are large).
 Mini-batch shuffling draws from a trainer-owned ``torch.Generator`` seeded from ``cfg.seed`` and
 saved in :meth:`RLTrainer.state_dict`: a resumed run continues exactly as an uninterrupted one.
+
+With ``torch.distributed`` initialised over several ranks the step is data parallel (each rank
+scores and back-propagates its share of every mini-batch, gradients are summed across ranks; see
+:mod:`s3core.rl.distributed`) and only rank 0 writes exports.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch import nn
 from s3core.config import RLConfig
 from s3core.errors import ConfigError, InvalidArgument
 from s3core.io import atomic_dir
-from s3core.rl import algos
+from s3core.rl import algos, distributed
 from s3core.rl.batch import Sample, collate
 from s3core.rl.models import (
     ValueModel,
@@ -222,6 +226,7 @@ class RLTrainer:
                 self.critic_optimizer, LRSchedule(cfg.lr_schedule, cfg.warmup_steps))
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._steps = 0
+        self._rank, self._world = 0, 1  # data-parallel position during a step (see s3core.rl.distributed)
 
     @classmethod
     def from_pretrained(cls, model_path: str, cfg: RLConfig, *, device: str | None = None,
@@ -301,6 +306,10 @@ class RLTrainer:
         non-pad tokens), ``skipped_updates`` (optimiser steps skipped for a non-finite gradient),
         ``update_seconds`` and ``info/<name>`` means of the samples' ``info``.  Losses and
         fractions are means over the step's optimiser steps; ``grad_norm`` likewise.
+
+        Under ``torch.distributed`` with several ranks, every rank calls this with the same full
+        ``samples`` and does its share of the work (:mod:`s3core.rl.distributed`); the update and the
+        statistics (``update_seconds`` aside) are those of a single process over the whole batch.
         """
         t0 = time.perf_counter()
         cfg = self.cfg
@@ -309,6 +318,9 @@ class RLTrainer:
         if too_big:
             raise InvalidArgument(f"sample {too_big[0]}: token id {int(tensors['input_ids'][too_big[0]].max())} is "
                                   f"outside the policy's vocabulary of {self.vocab_size}")
+        self._rank, self._world = distributed.world()
+        if self._world > 1:
+            self._sync_step(tensors)
         b = _Batch(tensors, self.device)
         mini = cfg.mini_batch_size if 0 < cfg.mini_batch_size < b.size else b.size
         n_mini = -(-b.size // mini)
@@ -348,6 +360,22 @@ class RLTrainer:
         stats["update_seconds"] = time.perf_counter() - t0
         return stats
 
+    @property
+    def is_main_process(self) -> bool:
+        """True where files are written: rank 0 of a data-parallel group, or a single process."""
+        return distributed.is_main_process()
+
+    def _sync_step(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Data parallel: refuse ranks holding different batches; take rank 0's shuffling RNG."""
+        ids, mask = tensors["input_ids"], tensors["action_mask"]
+        distributed.check_same_batch([
+            int(ids.shape[0]), int(sum(tensors["lengths"].tolist())), int(ids.sum()), int(mask.sum()),
+            int((ids * mask).sum()), int((tensors["rewards"].double() * 1e6).round().sum()),
+            int(tensors["group_index"].sum())], self.device)
+        state = self.generator.get_state().to(self.device)
+        distributed.broadcast_tensor_(state, src=0)
+        self.generator.set_state(state.cpu())
+
     def _set_horizon(self, updates_per_step: int) -> None:
         """Fix the schedules' length in optimiser steps at the first step (batches keep their size)."""
         for sched in (self.actor_scheduler, self.critic_scheduler):
@@ -371,7 +399,9 @@ class RLTrainer:
         if self.critic is not None:
             self.critic.eval()
         ent_sum = torch.zeros((), device=self.device)
-        for mb in b.micro_batches(torch.arange(b.size), cfg.micro_batch_size):
+        # data parallel: this rank scores rows rank, rank + W, ...; the others come in the sums below
+        rows = torch.arange(self._rank, b.size, self._world)
+        for mb in (b.micro_batches(rows, cfg.micro_batch_size) if len(rows) else []):
             cols = slice(0, mb.ids.shape[1] - 1)
             if need_old:
                 assert b.old_logp is not None
@@ -387,6 +417,11 @@ class RLTrainer:
                 del logits
             if self.critic is not None:
                 b.values[mb.rows, cols] = self._values(mb.ids, mb.attn).float()
+        if self._world > 1:  # each row was filled by one rank and is 0 on the others: the sums are exact
+            for t in (b.old_logp, b.ref_logp, b.values if self.critic is not None else None):
+                if t is not None:
+                    distributed.all_reduce_tensor_(t)
+            (ent_sum,) = distributed.all_reduce_sum([ent_sum], self.device)
         out["_entropy_sum"] = float(ent_sum)
         if need_old and need_ref:
             assert b.old_logp is not None and b.ref_logp is not None
@@ -421,8 +456,14 @@ class RLTrainer:
         pass ran), so the entropy / KL statistics are taken here.
         """
         cfg = self.cfg
-        micro = b.micro_batches(mb, cfg.micro_batch_size)
-        n_tok = sum(m.tokens for m in micro)
+        dp = self._world > 1
+        if dp:  # this rank's part of the mini-batch; losses are scaled by the mini-batch's global tokens
+            rows = mb[self._rank::self._world]
+            micro = b.micro_batches(rows, cfg.micro_batch_size) if len(rows) else []
+            n_tok = sum(b.row_tokens[i] for i in mb.tolist())
+        else:
+            micro = b.micro_batches(mb, cfg.micro_batch_size)
+            n_tok = sum(m.tokens for m in micro)
         self.policy.train()
         self.actor_optimizer.zero_grad(set_to_none=True)
         if self.critic is not None:
@@ -472,6 +513,14 @@ class RLTrainer:
                 acc["value_loss"] = acc["value_loss"] + vloss.detach() * share
                 acc["value_clip_fraction"] = acc["value_clip_fraction"] + vclip * share
                 del values, vloss
+        if dp:  # gradients and statistics summed over the ranks: the single-process mini-batch's
+            distributed.all_reduce_gradients(_optimizer_params(self.actor_optimizer))
+            if self.critic_optimizer is not None:
+                distributed.all_reduce_gradients(_optimizer_params(self.critic_optimizer))
+            keys = list(acc)
+            *sums, ent_total, kl_total = distributed.all_reduce_sum([*acc.values(), ent_sum, kl_sum], self.device)
+            acc = dict(zip(keys, (torch.tensor(v) for v in sums)))
+            ent_sum, kl_sum = torch.tensor(ent_total), torch.tensor(kl_total)
         if stats_pass:
             stats["_entropy_sum"] += float(ent_sum)
             stats["_kl_sum"] += float(kl_sum)
@@ -542,8 +591,11 @@ class RLTrainer:
     def export_policy(self, out_dir: str | Path) -> Path:
         """Write the current policy as a Hugging Face model folder (config, safetensors weights,
         generation config, tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads; LoRA
-        adapters are merged into the weights.  Built under a temp name and renamed into place."""
+        adapters are merged into the weights.  Built under a temp name and renamed into place.
+        Data parallel: only rank 0 writes (the replicas are identical); the others return ``out``."""
         out = Path(out_dir)
+        if not self.is_main_process:  # data parallel: the replicas are identical; rank 0 writes
+            return out
         dtype = self._export_dtype
         with torch.no_grad(), atomic_dir(out) as tmp:
             if self.lora:
@@ -597,6 +649,10 @@ def _load_params(model: nn.Module, saved: dict[str, torch.Tensor], what: str) ->
                 raise InvalidArgument(f"{what} state: {name} has shape {tuple(src.shape)}, the model "
                                       f"{tuple(p.shape)}")
             p.copy_(src)
+
+
+def _optimizer_params(opt: torch.optim.Optimizer) -> list[nn.Parameter]:
+    return [p for g in opt.param_groups for p in g["params"]]
 
 
 def _clip_and_step(opt: torch.optim.Optimizer, max_norm: float, what: str) -> tuple[float, bool]:

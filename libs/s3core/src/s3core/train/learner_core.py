@@ -69,11 +69,15 @@ class LearnerCore:
         if resume:
             latest = self.checkpoints.latest()
             if latest is not None:
-                self.run_state = dict(self.checkpoints.load(latest, self.trainer) or {})
-                self.step = int(self.trainer.step_count)
-                self.last_checkpoint = str(latest)
-                self.policy_path = str(Path(latest) / "policy")
-                logger.info("learner resumed from %s (step %d)", latest, self.step)
+                self.restore(latest)
+
+    def restore(self, path: str | Path) -> None:
+        """Load checkpoint ``path`` (verified) into the trainer and take its step and run state."""
+        self.run_state = dict(self.checkpoints.load(path, self.trainer) or {})
+        self.step = int(self.trainer.step_count)
+        self.last_checkpoint = str(path)
+        self.policy_path = str(Path(path) / "policy")
+        logger.info("learner resumed from %s (step %d)", path, self.step)
 
     @property
     def version(self) -> int:
@@ -122,6 +126,8 @@ class LearnerCore:
         exports = self.root / "policies"
         out = exports / f"step-{step:06d}"
         self.trainer.export_policy(out)
+        if not getattr(self.trainer, "is_main_process", True):  # data parallel: rank 0 writes and prunes
+            return out
         old = sorted(p for p in exports.glob("step-*") if p.is_dir())
         for p in old[:-KEEP_EXPORTS]:
             shutil.rmtree(p, ignore_errors=True)

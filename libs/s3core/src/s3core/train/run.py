@@ -11,7 +11,8 @@ already answers and yes/no golds (``train.filter``; baselines missing from the c
 and cached first), written to ``<checkpoint_dir>/train_questions.jsonl`` and reused on resume.
 The learner is in process (``train.learner`` empty) or a learner service; either way it resumes
 from its newest valid checkpoint, whose run state holds the data cursor, so ``--resume`` continues
-exactly where the run stopped.
+exactly where the run stopped.  With ``train.backend: ray`` the update runs data parallel in Ray Train
+workers whose rank 0 runs this same loop (:mod:`s3core.train.ray_backend`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from s3core.types import Question
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainJob", "TrainSummary", "run_training"]
+__all__ = ["TrainJob", "TrainSummary", "drive", "run_training"]
 
 TRAIN_FILE = "train_questions.jsonl"
 ProgressFn = Callable[[float, str], None]
@@ -80,8 +81,12 @@ def _sha256(path: Path) -> str:
 # --- learners: in process or a service --------------------------------------------------------------
 
 class _LocalLearner:
-    def __init__(self, core: Any) -> None:
+    """The learner in this process.  ``on_update(samples, step, run_state, checkpoint, metric)`` runs
+    before each update (the Ray backend's rank 0 sends the step to the other ranks there)."""
+
+    def __init__(self, core: Any, on_update: Callable[..., None] | None = None) -> None:
         self.core = core
+        self.on_update = on_update
 
     def status(self) -> dict[str, Any]:
         return self.core.status()
@@ -91,6 +96,8 @@ class _LocalLearner:
         from s3core.train.samples import to_sample
 
         samples = [to_sample(s, i) for i, s in enumerate(scored)]
+        if self.on_update is not None:
+            self.on_update(samples, step, run_state, checkpoint, metric)
         r = self.core.update(samples, step, run_state, checkpoint=checkpoint, metric=metric)
         return {"step": r.step, "version": r.version, "stats": dict(r.stats), "checkpoint_path": r.checkpoint_path,
                 "policy_path": r.policy_path}
@@ -209,6 +216,30 @@ def _mean(xs: Sequence[float]) -> float:
 # --- the loop -----------------------------------------------------------------------------------------
 
 def run_training(job: TrainJob) -> TrainSummary:
+    """Run (or resume) the training job; ``train.backend: ray`` runs the update data parallel in Ray
+    Train workers (:mod:`s3core.train.ray_backend`), whose rank 0 drives the same loop."""
+    tc = job.config.train
+    if tc.backend == "ray":
+        if tc.learner:
+            raise InvalidArgument("train.backend 'ray' runs the update in Ray Train workers; train.learner (a learner "
+                                  "service) is the other way to move it out of this process: set one of them")
+        from s3core.train.ray_backend import run_with_ray
+
+        return run_with_ray(job)
+    return drive(job)
+
+
+def refuse_fresh_run_over_checkpoints(ckdir: Path, resume: bool) -> None:
+    from s3core.rl.checkpoint import CheckpointManager
+
+    if not resume and CheckpointManager(ckdir).checkpoints():
+        raise FailedPrecondition(f"{ckdir} already holds checkpoints: resume that run (--resume), or "
+                                 "choose another checkpoint dir")
+
+
+def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
+    """The loop itself, with the learner of ``train.learner`` (a service), ``learner`` when given
+    (the Ray backend's rank 0) or one in this process.  ``devices``: the update's devices (tokens/s)."""
     from tqdm import tqdm
 
     from s3core.data import load_questions
@@ -227,9 +258,6 @@ def run_training(job: TrainJob) -> TrainSummary:
     ckdir = Path(tc.checkpoint_dir).expanduser().resolve()
     ckdir.mkdir(parents=True, exist_ok=True)
     model = job.model or cfg.learner.model or cfg.searcher.model
-    if tc.backend == "ray":
-        raise InvalidArgument("train.backend 'ray' runs the update through Ray Train: start a learner service with "
-                              "--backend ray and give its address in train.learner")
     if not (tc.retriever or tc.searcher):
         check_index_dir(job.index or cfg.retriever.index)
     for p in tc.questions:  # bad paths fail before any service starts
@@ -244,15 +272,11 @@ def run_training(job: TrainJob) -> TrainSummary:
             lclient = LearnerClient(tc.learner, timeout=tc.rollout_timeout_s)
             stack.callback(lclient.close)
             lclient.wait_ready()
-            learner: Any = _RemoteLearner(lclient)
-        else:
-            from s3core.rl.checkpoint import CheckpointManager
+            learner = _RemoteLearner(lclient)
+        elif learner is None:
             from s3core.train.learner_core import LearnerCore
 
-            if not job.resume and CheckpointManager(ckdir).checkpoints():
-                raise FailedPrecondition(f"{ckdir} already holds checkpoints: resume that run (--resume), or "
-                                         "choose another checkpoint dir")
-
+            refuse_fresh_run_over_checkpoints(ckdir, job.resume)
             logger.info("loading the learner (%s, %s) in process", model, cfg.rl.algorithm)
             learner = _LocalLearner(LearnerCore(cfg, _resolve_model(model), ckdir, resume=job.resume))
         status = learner.status()
@@ -348,8 +372,8 @@ def run_training(job: TrainJob) -> TrainSummary:
                 "reward_share_pos": _mean([1.0 if r > 0 else 0.0 for r in rs]),
                 "rollout_seconds": t1 - t0, "reward_seconds": t2 - t1, "update_seconds": t3 - t2,
                 "publish_seconds": t4 - t3, "step_seconds": step_s,
-                # verl's throughput: tokens / (step time x devices); one device per process here
-                "tokens_per_second": float(st.get("tokens", 0.0)) / step_s if step_s > 0 else 0.0,
+                # verl's throughput: tokens / (step time x devices)
+                "tokens_per_second": float(st.get("tokens", 0.0)) / (step_s * devices) if step_s > 0 else 0.0,
             }
             for k in ("policy_loss", "value_loss", "kl", "entropy", "clip_fraction", "value_clip_fraction",
                       "grad_norm", "lr", "response_tokens", "tokens"):
