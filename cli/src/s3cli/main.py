@@ -366,8 +366,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return f"{b} (v{redis_version(b)})"
 
     check("generated gRPC code", gen_code)
-    for mod in ("grpc", "torch", "transformers", "bm25s", "faiss", "sentence_transformers", "redis", "s3_retriever", "s3_generator"):
+    for mod in ("grpc", "torch", "transformers", "bm25s", "faiss", "sentence_transformers", "redis", "s3_retriever",
+                "s3_generator", "s3_searcher", "s3_learner", "s3_controller"):
         check(mod, pkg(mod))
+    for mod, why in (("peft", "LoRA training (rl.lora_rank > 0)"), ("ray", "train.backend: ray"),
+                     ("kubernetes", "the controller's kubernetes backend"), ("vllm", "vllm backends (GPU extra)")):
+        if importlib.util.find_spec(mod) is None:
+            c.print(f"[yellow]--[/yellow]   {mod}: not installed (optional: {why})")
+        else:
+            check(mod, pkg(mod))
     check("embedded generator", smollm2)
     check("embedded encoder", minilm)
     check("redis-server", redis)
@@ -521,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(sub)
 
     p = sub.add_parser("serve", help="run one service in the foreground (as in a container)")
-    p.add_argument("service", choices=["retriever", "generator", "controller"])
+    p.add_argument("service", choices=["retriever", "generator", "searcher", "learner", "controller"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the service's own flags (see s3 serve SERVICE --help)")
     p.set_defaults(func=cmd_serve)
 
