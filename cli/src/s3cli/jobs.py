@@ -23,7 +23,8 @@ STATE_STYLE = {"pending": "yellow", "running": "cyan", "succeeded": "green", "fa
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(soft_wrap=True)
+    # pipes and log files get whole tables, not rich's 80-column default for non-terminals
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 
 
 def _labels(items: list[str] | None) -> dict[str, str]:

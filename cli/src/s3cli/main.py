@@ -18,7 +18,8 @@ DEFAULT_STATE = os.environ.get("S3_HOME", ".s3")
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(soft_wrap=True)
+    # pipes and log files get whole tables, not rich's 80-column default for non-terminals
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 
 
 def _load_config(args: argparse.Namespace) -> Any:

@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from s3core.train.run import TrainJob, run_training
 
     # a log file gets the whole table, not rich's 80-column default for non-terminals
-    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)  # whole table in a log
     cfg, embedded = _config(args)
     if not args.quiet:
         from transformers.utils import logging as hf_logging
