@@ -8,8 +8,13 @@ PROTO_SRC := $(wildcard protos/s3/v1/*.proto)
 GEN_DIR := libs/s3core/src
 GEN_STAMP := $(GEN_DIR)/s3/.gen-stamp
 PYTEST_ARGS ?=
+# Python >= 3.12 venv with helm-sdkpy (the chart renderer); inside .venv so it is ignored and cleaned with it
+HELM_VENV := $(VENV)/helm
+CHART := deploy/helm/s3
+CHART_ARGS ?=
 
-.PHONY: help setup protos demo train-demo test test-unit test-integration lint bench clean redis-bin
+.PHONY: help setup protos demo train-demo test test-unit test-integration lint bench clean redis-bin \
+	deploy-tools chart-render chart-lint dashboards test-deploy
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -38,8 +43,21 @@ $(GEN_STAMP): $(PROTO_SRC) $(STAMP)
 
 protos: $(GEN_STAMP) ## generate Python gRPC code + typed stubs from protos/
 
-setup: $(STAMP) $(GEN_STAMP) ## venv, pinned deps, generated gRPC code, redis-server binary
+setup: $(STAMP) $(GEN_STAMP) deploy-tools ## venv, pinned deps, generated gRPC code, redis-server binary, helm + prometheus
 	@$(BIN)/s3 doctor
+
+deploy-tools: ## Python 3.12 venv with helm-sdkpy (chart rendering) and Debian's prometheus (dashboard checks)
+	@bash tests/deploy/setup-tools.sh $(HELM_VENV)
+
+chart-render: deploy-tools ## print the chart rendered by Helm with its default values (CHART_ARGS="-f FILE" for others)
+	@test -x $(HELM_VENV)/bin/python || { echo "chart-render: no $(HELM_VENV) (needs Python >= 3.12; see make deploy-tools)" >&2; exit 1; }
+	@$(HELM_VENV)/bin/python tests/deploy/helm_render.py $(CHART) $(CHART_ARGS)
+
+chart-lint: deploy-tools ## helm lint of the chart
+	@$(HELM_VENV)/bin/python tests/deploy/helm_render.py $(CHART) --lint
+
+dashboards: setup ## regenerate the Grafana dashboards (deploy/helm/s3/dashboards/*.json) from deploy/grafana/dashboards.py
+	$(BIN)/python deploy/grafana/dashboards.py $(CHART)/dashboards
 
 demo: setup ## main job on the embedded default: synth data, index, naive-RAG vs no-retrieval eval
 	$(BIN)/s3 demo
@@ -55,6 +73,9 @@ test-unit: setup
 
 test-integration: setup
 	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
+
+test-deploy: setup ## chart, images, skaffold and dashboard checks (tests/deploy)
+	$(BIN)/python -m pytest tests/deploy -q -ra $(PYTEST_ARGS)
 
 lint: setup ## ruff over the tree
 	$(BIN)/ruff check libs services cli tests bench

@@ -24,6 +24,7 @@ RECONCILE_SECONDS = Histogram("s3_controller_reconcile_seconds", "Time of one re
 AUTH_FAILURES = Counter("s3_controller_auth_failures_total", "RPCs rejected as UNAUTHENTICATED.", ["method"])
 
 for _k in KINDS:  # every series exists from the start (dashboards show zeros, not gaps)
+    WORKERS_LOST.labels(_k)
     for _s in STATES:
         JOBS.labels(_k, _s).set(0)
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from typing import Any
 
 import grpc
 
 from s3.v1 import learner_pb2, learner_pb2_grpc
+from s3_learner import metrics as learner_metrics
 from s3core.errors import InvalidArgument
 from s3core.train import metrics
 from s3core.train.samples import scored_from_pb, to_sample
@@ -79,8 +81,10 @@ class LearnerServicer(learner_pb2_grpc.LearnerServicer):
                                       f"vocabulary ({vocab}); was it rolled out with another tokenizer?")
         metric = request.metric if request.HasField("metric") and math.isfinite(request.metric) else None
         async with self._update_lock:
+            t0 = time.perf_counter()
             res = await asyncio.to_thread(self.holder.core.update, samples, int(request.step), run_state,
                                           checkpoint=bool(request.checkpoint), metric=metric)
+            learner_metrics.UPDATE_SECONDS.observe(time.perf_counter() - t0)
         stats = {**dict(request.driver_stats), **res.stats}
         rewards = [s.reward for s in samples]
         gbrs = [p.gbr for p in request.trajectories]

@@ -1,0 +1,277 @@
+{{/* Names ---------------------------------------------------------------------------------------- */}}
+
+{{- define "s3.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-s3, or the release name alone when it already contains the chart name. */}}
+{{- define "s3.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* (dict "root" $ "component" "retriever") -> <fullname>-retriever */}}
+{{- define "s3.componentName" -}}
+{{- printf "%s-%s" (include "s3.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "s3.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The five services, in start-up order. */}}
+{{- define "s3.components" -}}
+retriever generator searcher learner controller
+{{- end }}
+
+{{/* Labels ------------------------------------------------------------------------------------------ */}}
+
+{{/* (dict "root" $ "component" NAME) */}}
+{{- define "s3.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "s3.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* (dict "root" $ "component" NAME) */}}
+{{- define "s3.labels" -}}
+helm.sh/chart: {{ include "s3.chart" .root }}
+{{ include "s3.selectorLabels" . }}
+app.kubernetes.io/part-of: s3
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Images ------------------------------------------------------------------------------------------ */}}
+
+{{/* (dict "root" $ "spec" COMPONENT-VALUES) -> repository:tag of the component's image. */}}
+{{- define "s3.image" -}}
+{{- $v := .root.Values }}
+{{- $tag := $v.image.tag | default .root.Chart.AppVersion }}
+{{- $repo := $v.image.repository }}
+{{- if eq (.spec.imageVariant | default "cpu") "cuda" }}
+{{- $repo = $v.cudaImage.repository }}
+{{- $tag = $v.cudaImage.tag | default $tag }}
+{{- end }}
+{{- with .spec.image }}
+{{- $repo = .repository | default $repo }}
+{{- $tag = .tag | default $tag }}
+{{- end }}
+{{- printf "%s:%s" $repo (toString $tag) }}
+{{- end }}
+
+{{/* Secrets and addresses --------------------------------------------------------------------------- */}}
+
+{{- define "s3.authSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "s3.fullname" .)) }}
+{{- end }}
+
+{{- define "s3.authSecretKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* The Secret holding the job store / baseline cache URL (key: s3.redisSecretKey). */}}
+{{- define "s3.redisSecretName" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret }}
+{{- .Values.redis.external.existingSecret }}
+{{- else }}
+{{- printf "%s-redis" (include "s3.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "s3.redisSecretKey" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret }}{{ .Values.redis.external.existingSecretKey }}{{ else }}url{{ end }}
+{{- end }}
+
+{{/* (dict "root" $ "component" NAME) -> <service>:<grpc port> */}}
+{{- define "s3.address" -}}
+{{- $spec := index .root.Values .component }}
+{{- printf "%s:%v" (include "s3.componentName" .) $spec.ports.grpc }}
+{{- end }}
+
+{{- define "s3.jobsNamespace" -}}
+{{- .Values.controller.jobs.namespace | default .Release.Namespace }}
+{{- end }}
+
+{{- define "s3.jobServiceAccountName" -}}
+{{- .Values.controller.jobs.serviceAccount.name | default (printf "%s-job" (include "s3.fullname" .)) }}
+{{- end }}
+
+{{- define "s3.controllerServiceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create }}
+{{- .Values.controller.serviceAccount.name | default (printf "%s-controller" (include "s3.fullname" .)) }}
+{{- else }}
+{{- .Values.controller.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
+{{/* (dict "root" $ "volume" "data") -> the claim name of a shared volume */}}
+{{- define "s3.claimName" -}}
+{{- $p := index .root.Values.persistence .volume }}
+{{- $p.existingClaim | default (printf "%s-%s" (include "s3.fullname" .root) .volume) }}
+{{- end }}
+
+{{/* Pod pieces -------------------------------------------------------------------------------------- */}}
+
+{{/* (dict "root" $ "component" NAME "spec" VALUES "port" N "timing" PROBE-VALUES) */}}
+{{- define "s3.grpcProbe" -}}
+grpc:
+  port: {{ .port }}
+  service: ""
+{{- with .timing }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* (dict "root" $ "path" P) -> P when absolute, else under the data volume's mount path */}}
+{{- define "s3.dataPath" -}}
+{{- if hasPrefix "/" .path }}{{ .path }}{{ else }}{{ printf "%s/%s" (.root.Values.persistence.data.mountPath | trimSuffix "/") .path }}{{ end }}
+{{- end }}
+
+{{/* The service-specific flags of each component (the common ones are in deployment.yaml). */}}
+{{- define "s3.args.retriever" -}}
+{{- $root := .root }}
+{{- range .spec.indexes }}
+- --index={{ include "s3.dataPath" (dict "root" $root "path" .) }}
+{{- end }}
+{{- if .spec.threads }}
+- --threads={{ .spec.threads }}
+{{- end }}
+{{- end }}
+
+{{- define "s3.args.generator" -}}
+- --backend={{ .spec.backend }}
+- --model={{ .spec.model }}
+- --model-cache={{ .root.Values.persistence.models.mountPath | trimSuffix "/" }}/s3
+{{- with .spec.baseUrl }}
+- --base-url={{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "s3.args.searcher" -}}
+- --retriever={{ include "s3.address" (dict "root" .root "component" "retriever") }}
+- --backend={{ .spec.backend }}
+- --model={{ .spec.model }}
+- --model-cache={{ .root.Values.persistence.models.mountPath | trimSuffix "/" }}/s3
+{{- with .spec.baseUrl }}
+- --base-url={{ . }}
+{{- end }}
+{{- if .spec.threads }}
+- --threads={{ .spec.threads }}
+{{- end }}
+{{- if .spec.maxBatchSize }}
+- --max-batch-size={{ .spec.maxBatchSize }}
+{{- end }}
+{{- end }}
+
+{{- define "s3.args.learner" -}}
+- --checkpoint-dir={{ .root.Values.persistence.checkpoints.mountPath }}
+{{- with .spec.model }}
+- --model={{ . }}
+{{- end }}
+{{- with .spec.algorithm }}
+- --algorithm={{ . }}
+{{- end }}
+{{- with .spec.device }}
+- --device={{ . }}
+{{- end }}
+{{- if .spec.threads }}
+- --threads={{ .spec.threads }}
+{{- end }}
+{{- if not .spec.resume }}
+- --no-resume
+{{- end }}
+{{- end }}
+
+{{- define "s3.args.controller" -}}
+{{- $root := .root }}
+{{- $spec := .spec }}
+- --redis-url=$(S3_REDIS_URL)
+- --namespace={{ $spec.storeNamespace }}
+- --backend={{ $spec.backend }}
+- --max-running={{ $spec.maxRunning }}
+- --heartbeat-interval={{ $spec.heartbeatInterval }}
+- --heartbeat-timeout={{ $spec.heartbeatTimeout }}
+- --start-timeout={{ $spec.startTimeout }}
+- --cancel-grace={{ $spec.cancelGrace }}
+- --reconcile-interval={{ $spec.reconcileInterval }}
+{{- if eq $spec.backend "local" }}
+- --state-dir=/tmp/s3
+{{- if $spec.workerThreads }}
+- --worker-threads={{ $spec.workerThreads }}
+{{- end }}
+{{- else }}
+- --k8s-namespace={{ include "s3.jobsNamespace" $root }}
+- --k8s-image={{ include "s3.image" (dict "root" $root "spec" $spec.jobs) }}
+- --k8s-redis-secret={{ include "s3.redisSecretName" $root }}:{{ include "s3.redisSecretKey" $root }}
+{{- if $root.Values.auth.enabled }}
+- --k8s-auth-secret={{ include "s3.authSecretName" $root }}:{{ include "s3.authSecretKey" $root }}
+{{- end }}
+- --k8s-service-account={{ include "s3.jobServiceAccountName" $root }}
+{{- end }}
+{{- end }}
+
+{{/* Which shared volumes each component mounts: (dict "root" $ "component" NAME) -> "models data ..." */}}
+{{- define "s3.volumesOf" -}}
+{{- $c := .component }}
+{{- if eq $c "retriever" }}models data
+{{- else if eq $c "generator" }}models
+{{- else if eq $c "searcher" }}models checkpoints
+{{- else if eq $c "learner" }}models checkpoints
+{{- else if and (eq $c "controller") (eq .root.Values.controller.backend "local") }}models data checkpoints
+{{- end }}
+{{- end }}
+
+{{/* The Redis password: the value, else the live Secret's, else a new random one (kept by upgrades). */}}
+{{- define "s3.redisPassword" -}}
+{{- if .Values.redis.auth.password }}
+{{- .Values.redis.auth.password }}
+{{- else }}
+{{- $live := lookup "v1" "Secret" .Release.Namespace (printf "%s-redis" (include "s3.fullname" .)) }}
+{{- if and $live $live.data (hasKey $live.data "password") }}
+{{- index $live.data "password" | b64dec }}
+{{- else }}
+{{- /* one random value per render: cached in a dict on the root context */}}
+{{- if not (hasKey .Values.redis.auth "_generated") }}
+{{- $_ := set .Values.redis.auth "_generated" (randAlphaNum 32) }}
+{{- end }}
+{{- .Values.redis.auth._generated }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* NetworkPolicy peers that are "the platform": this release's pods and the controller's job pods
+(labelled app.kubernetes.io/name=s3-job by the kubernetes backend, or by deploy/examples). */}}
+{{- define "s3.platformPeers" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/instance: {{ .Release.Name }}
+      app.kubernetes.io/part-of: s3
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: s3-job
+      app.kubernetes.io/part-of: s3
+  {{- $jobsNs := include "s3.jobsNamespace" . }}
+  {{- if ne $jobsNs .Release.Namespace }}
+  namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ $jobsNs }}
+  {{- end }}
+{{- end }}
+
+{{/* toYaml for files Python reads: Go writes 1e-06 for 0.000001, which YAML 1.1 (PyYAML, s3core.config) reads
+as a string; a mantissa with a dot (1.0e-06) is a float in both. */}}
+{{- define "s3.toYaml" -}}
+{{- regexReplaceAll "(?m)^(\\s*(?:[^\\s:#][^:#]*:|-)\\s+)(-?[0-9]+)([eE][-+][0-9]+)$" (toYaml .) "${1}${2}.0${3}" }}
+{{- end }}

@@ -1,0 +1,323 @@
+"""Every PromQL expression of every Grafana dashboard, evaluated by a REAL Prometheus (Debian's ``prometheus``)
+that scraped the REAL services -- retriever, generator, searcher, learner and controller, started on loopback
+as ``python -m s3_<service>`` with a real redis-server -- while they did real work: a two-step PPO run through
+the learner service (rollouts, answers, an Update per step, policy loads), retriever searches (one of them
+invalid, so error panels have an error to show), and an index job through the controller (plus one
+unauthenticated call).  A tiny Qwen2 model keeps the generator, searcher and learner fast on CPU.
+
+Each expression, with Grafana's variables replaced ($namespace by the namespace label the scrape config puts
+on every target, $__rate_interval by a window covering the run), must come back with at least one series and
+not only NaN; each template variable's label_values() query must list that namespace; and every metric name a
+dashboard mentions must be one Prometheus scraped.  Grafana itself does not run here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploykit import CHART, missing_tool
+
+NAMESPACE = "s3-test"
+TOKEN = "dashboards-token-5b1e"
+SCRAPE_S = 1
+SUBSTITUTE = {"$namespace": NAMESPACE, "$__rate_interval": "5m", "$__range": "5m", "$__interval": "15s"}
+KNOBS = {"initial_k": 2, "retrieve_k": 2, "max_turns": 1, "max_new_tokens": 12, "max_obs_tokens": 200}
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: subprocess.Popen[bytes]
+    ready: Path
+    log: Path
+    grpc_port: int = 0
+    http_port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def _start(name: str, module: str, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> Proc:
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready, log = workdir / "ready.json", workdir / "service.log"
+    cmd = [sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+           "--ready-file", str(ready)]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, "S3_LOG_LEVEL": "INFO", **(env or {})})
+    return Proc(name, proc, ready, log)
+
+
+def _wait_ready(procs: list[Proc], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        while not p.grpc_port:
+            if p.proc.poll() is not None:
+                pytest.fail(f"{p.name} exited with {p.proc.returncode}:\n{p.log.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{p.name} not ready after {timeout:.0f}s:\n{p.log.read_text(errors='replace')}")
+            if p.ready.is_file():
+                with contextlib.suppress(json.JSONDecodeError):
+                    info = json.loads(p.ready.read_text())
+                    p.grpc_port, p.http_port = int(info["grpc_port"]), int(info["http_port"])
+                    continue
+            time.sleep(0.05)
+
+
+def _stop(procs: list[Proc]) -> None:
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Prometheus:
+    def __init__(self, binary: str, workdir: Path, targets: dict[str, int]) -> None:
+        cfg = {"global": {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s",
+                          "evaluation_interval": f"{SCRAPE_S}s"},
+               "scrape_configs": [{"job_name": f"s3-{name}", "metrics_path": "/metrics",
+                                   "static_configs": [{"targets": [f"127.0.0.1:{port}"],
+                                                       "labels": {"namespace": NAMESPACE}}]}
+                                  for name, port in targets.items()]}
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "prometheus.log"
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prometheus did not start:\n{self.log.read_text(errors='replace')}")
+            time.sleep(0.2)
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read() or b"{}")
+        return body
+
+    def query(self, expr: str) -> dict[str, Any]:
+        return self.api("query", query=expr, time=f"{time.time():.3f}")
+
+    def value(self, expr: str) -> float | None:
+        res = self.query(expr).get("data", {}).get("result", [])
+        return float(res[0]["value"][1]) if res else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _wait_for(fn: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --- the embedded run, scraped -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    if not binary:
+        missing_tool("no prometheus binary (Debian: apt-get install -y --no-install-recommends prometheus)")
+    from s3core.config import load_config
+    from s3core.data.synth import synthesize
+    from s3core.jobs.client import ControllerClient, Unauthenticated
+    from s3core.retrieval.index import build_index
+    from s3core.rl.tiny import build_tiny_model
+    from s3core.rpc.clients import GeneratorClient, LearnerClient, RetrieverClient, SearcherClient
+    from s3core.runtime.local import LocalStack
+    from s3core.train.run import TrainJob, run_training
+
+    root = tmp_path_factory.mktemp("dashboards")
+    synthesize(root / "world", seed=5, n_entities=40, n_questions=6)
+    build_index(root / "world" / "corpus.jsonl", "bm25", root / "idx", show_progress=False)
+    model = str(build_tiny_model(root / "tiny", seed=1))
+    ckdir = root / "ckpt"
+
+    stack = LocalStack(root / "redis", detach=False)
+    redis_url = f"redis://127.0.0.1:{stack.start_redis().grpc_port}/0"
+    procs: list[Proc] = []
+    prom: Prometheus | None = None
+    try:
+        ret = _start("retriever", "s3_retriever", ["--index", str(root / "idx")], root / "retriever")
+        gen = _start("generator", "s3_generator", ["--backend", "hf", "--model", model], root / "generator")
+        learner = _start("learner", "s3_learner", ["--checkpoint-dir", str(ckdir), "--model", model, "--algorithm",
+                                                   "ppo", "--device", "cpu", "--threads", "1"], root / "learner")
+        ctl = _start("controller", "s3_controller",
+                     ["--redis-url", redis_url, "--state-dir", str(root / "ctl-state"), "--heartbeat-interval", "0.5",
+                      "--heartbeat-timeout", "10", "--reconcile-interval", "0.25", "--worker-threads", "1"],
+                     root / "controller", env={"S3_AUTH_TOKEN": TOKEN})
+        procs += [ret, gen, learner, ctl]
+        _wait_ready([ret])
+        srch = _start("searcher", "s3_searcher", ["--retriever", ret.address, "--model", model, "--threads", "1"],
+                      root / "searcher")
+        procs.append(srch)
+        _wait_ready(procs)
+        prom = Prometheus(binary, root, {p.name: p.http_port for p in procs})
+        # the counters' starting values are scraped before any traffic, so rate() sees every change
+        _wait_for(lambda: prom.value(f'count(up{{namespace="{NAMESPACE}"}} == 1)') == len(procs), 30,
+                  "a first scrape of every service")
+        time.sleep(SCRAPE_S)
+
+        # an index job through the controller, beside the training run
+        spec = yaml.safe_dump({"kind": "index", "presets": ["embedded"],
+                               "job": {"corpus": "world/corpus.jsonl", "out": "idx-from-job"}})
+        with ControllerClient(ctl.address, token=TOKEN) as c:
+            job = c.submit(spec, workdir=str(root))
+        with ControllerClient(ctl.address, token="not-the-token") as bad, pytest.raises(Unauthenticated):
+            bad.list()
+
+        cfg = load_config(overrides={
+            "search": KNOBS, "generator": {"judge": "none", "max_new_tokens": 8}, "searcher": {"model": model},
+            "reward": {"on_missing_baseline": "compute"},
+            "rl": {"algorithm": "ppo", "actor_lr": 1e-3, "critic_lr": 1e-3, "micro_batch_size": 2},
+            "train": {"questions": [str(root / "world" / "synth_1hop.jsonl")], "filter": False, "batch_size": 2,
+                      "steps": 2, "checkpoint_dir": str(ckdir), "retriever": ret.address, "generator": gen.address,
+                      "searcher": srch.address, "learner": learner.address}})
+        errors: list[BaseException] = []
+
+        def train() -> None:
+            try:
+                run_training(TrainJob(config=cfg, show_progress=False, redis_url=redis_url, resume=False))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        th = threading.Thread(target=train)
+        th.start()
+        client = RetrieverClient(ret.address)
+        client.search(["who founded the city"], k=2)
+        with pytest.raises(Exception, match="k"):
+            client.search(["k=0 is invalid"], k=0)  # INVALID_ARGUMENT: the error panels get an error
+        client.close()
+        with ControllerClient(ctl.address, token=TOKEN) as c:
+            done = _wait_for(lambda: (j := c.get(job.id)).state in ("succeeded", "failed", "cancelled") and j, 120,
+                             "the index job")
+        assert done.state == "succeeded", done.reason
+        th.join(timeout=300)
+        assert not th.is_alive() and not errors, errors
+
+        _wait_for(lambda: prom.value('max(s3_train_step{job="s3-learner"})') == 2, 30, "the learner's step 2")
+        _wait_for(lambda: prom.value('s3_controller_jobs{kind="index",state="succeeded"}') == 1, 30,
+                  "the finished index job")
+        _wait_for(lambda: prom.value("max(s3_searcher_policy_version)") == 2, 30, "the searcher at version 2")
+        # A labelled series is born at its first increment, and rate() only counts what changes after its
+        # first scrape: a short run can be over before then.  A second, lighter wave of calls to every
+        # service, after those scrapes, gives each series a change to show (a live cluster always has one).
+        time.sleep(2 * SCRAPE_S)
+        with RetrieverClient(ret.address) as r, GeneratorClient(gen.address) as g, \
+                SearcherClient(srch.address) as s, LearnerClient(learner.address) as lc, \
+                ControllerClient(ctl.address, token=TOKEN) as c:
+            r.search(["where is the river"], k=2)
+            g.answer([("where is the river?", r.search(["where is the river"], k=1)[0])], max_new_tokens=4)
+            g.model_info()
+            s.policy_info()
+            lc.status()
+            c.list()
+        time.sleep(3 * SCRAPE_S)
+        yield prom
+    finally:
+        if prom is not None:
+            prom.stop()
+        _stop(procs)
+        stack.down()
+
+
+def _dashboards() -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((CHART / "dashboards").glob("*.json"))}
+
+
+def _substitute(expr: str) -> str:
+    for var, value in sorted(SUBSTITUTE.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"unknown template variable in {expr}"
+    return expr
+
+
+def test_every_panel_query_returns_data(scraped: Prometheus) -> None:
+    empty, checked = [], 0
+    for name, dash in _dashboards().items():
+        for panel in dash["panels"]:
+            for t in panel.get("targets", []):
+                expr = _substitute(t["expr"])
+                body = scraped.query(expr)
+                checked += 1
+                if body.get("status") != "success":
+                    empty.append(f"{name} / {panel['title']}: {body.get('error')}: {expr}")
+                    continue
+                result = body["data"]["result"]
+                values = [float(r["value"][1]) for r in result]
+                if not values or all(math.isnan(v) for v in values):
+                    empty.append(f"{name} / {panel['title']}: {'NaN only' if values else 'no data'}: {expr}")
+    assert checked > 80
+    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+
+def test_template_variables_list_the_namespace(scraped: Prometheus) -> None:
+    for name, dash in _dashboards().items():
+        for var in dash["templating"]["list"]:
+            if var["type"] != "query":
+                continue
+            m = re.fullmatch(r"label_values\((.+), *(\w+)\)", var["query"]["query"])
+            assert m, f"{name}: variable {var['name']} is not a label_values() query"
+            series = scraped.api("series", **{"match[]": m.group(1)})["data"]
+            assert NAMESPACE in {s.get(m.group(2)) for s in series}, f"{name}: {var['query']['query']}"
+
+
+def test_dashboards_mention_only_scraped_metrics(scraped: Prometheus) -> None:
+    scraped_names = set(scraped.api("label/__name__/values")["data"])
+    for name, dash in _dashboards().items():
+        for panel in dash["panels"]:
+            for t in panel.get("targets", []):
+                for metric in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{", t["expr"]):
+                    assert metric in scraped_names, f"{name} / {panel['title']}: {metric} was never scraped"
