@@ -148,3 +148,13 @@ def test_s3_train_rejects_bad_input_before_any_work(tmp_path: Path, capsys: pyte
                  "--questions", str(tmp_path / "nope.jsonl")]) == 2
     assert "nope.jsonl: no such file" in capsys.readouterr().err
     assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").glob("step-*"))
+
+
+def test_float_knobs_accept_yaml_exponent_strings() -> None:
+    import yaml
+
+    # YAML 1.1 (PyYAML) reads 1e-06 -- how Helm and many tools write it -- as a string
+    cfg = load_config(overrides=yaml.safe_load("rl: {actor_lr: 1e-06, critic_lr: 2.0e-5}"))
+    assert cfg.rl.actor_lr == 1e-6 and cfg.rl.critic_lr == 2e-5
+    with pytest.raises(ConfigError, match="rl.actor_lr must be a number, got 'fast'"):
+        load_config(overrides={"rl": {"actor_lr": "fast"}})

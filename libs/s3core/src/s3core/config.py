@@ -69,6 +69,7 @@ class RetrieverConfig:
     max_k: int = 100  # largest k a request may ask for
     max_queries: int = 1024  # largest batch of queries in one request
     max_query_chars: int = 8192  # longest query accepted
+    max_concurrent_rpcs: int = 0  # RPCs in flight beyond it are answered RESOURCE_EXHAUSTED (0 = no limit)
     threads: int = 0  # search threads in bm25s / faiss (0 = library default)
 
 
@@ -88,6 +89,7 @@ class GeneratorConfig:
     max_batch_size: int = 8  # items generated together in one forward batch
     max_items: int = 512  # largest number of items in one request
     max_prompt_tokens: int = 3072  # longer prompts are truncated from the documents' end
+    max_concurrent_rpcs: int = 0  # RPCs in flight beyond it are answered RESOURCE_EXHAUSTED (0 = no limit)
     judge: Literal["model", "none"] = "model"  # GenAcc: span match, else the judge ("none" = span only)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     tensor_parallel_size: int = 1  # vllm backend
@@ -108,6 +110,7 @@ class SearcherConfig:
     http_port: int = 8053
     max_batch_size: int = 16  # sequences in one forward batch (hf) / concurrent requests (openai)
     max_questions: int = 256  # largest number of questions in one Rollout request
+    max_concurrent_rpcs: int = 0  # RPCs in flight beyond it are answered RESOURCE_EXHAUSTED (0 = no limit)
     retriever: str = ""  # address of the retriever service (host:port); required
     retriever_timeout_s: float = 30.0  # deadline of one Search call
     retriever_retries: int = 8  # retries of a Search call that failed with UNAVAILABLE / deadline
@@ -232,6 +235,7 @@ class LearnerConfig:
     http_port: int = 8054
     max_trajectories: int = 4096  # largest Update request
     max_tokens: int = 32768  # longest trajectory accepted by Update
+    max_concurrent_rpcs: int = 0  # RPCs in flight beyond it are answered RESOURCE_EXHAUSTED (0 = no limit)
 
 
 @dataclass
@@ -267,6 +271,10 @@ class Config:
 
     def validate(self) -> "Config":
         self.search.validate("search")
+        for svc in ("retriever", "generator", "searcher", "learner"):
+            if getattr(self, svc).max_concurrent_rpcs < 0:
+                raise ConfigError(f"{svc}.max_concurrent_rpcs must be >= 0 (0 = no limit), "
+                                  f"got {getattr(self, svc).max_concurrent_rpcs}")
         r = self.retriever
         for name in ("max_k", "max_queries", "max_query_chars"):
             if getattr(r, name) < 1:
@@ -404,6 +412,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-06 (no dot), as Helm and many tools write it, as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{path} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         return float(value)

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "state_dir, .s3)")
     p.add_argument("--auth-token-file", help="file holding the bearer token every RPC must carry (default "
                                              "$S3_AUTH_TOKEN_FILE, else $S3_AUTH_TOKEN; none = no auth)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=0,
+                   help="RPCs in flight beyond this are answered RESOURCE_EXHAUSTED (0 = no limit; default 0)")
     p.add_argument("--max-running", type=int, default=4,
                    help="attempts of this backend running at once (0 = no limit; default 4)")
     p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between worker heartbeats")
@@ -127,10 +129,11 @@ def build_backend(args: argparse.Namespace, url: str, state_dir: str) -> Any:
 
 
 async def serve(controller: JobController, servicer: ControllerServicer, host: str, port: int, http_port: int,
-                token: str, ready_file: str | None) -> None:
+                token: str, ready_file: str | None, max_concurrent_rpcs: int = 0) -> None:
     interceptors = [BearerTokenInterceptor(token, on_result=metrics.auth_result)] if token else []
     running = await start_server(lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(servicer, s),
-                                 [SERVICE_NAME], f"{host}:{port}", interceptors=interceptors)
+                                 [SERVICE_NAME], f"{host}:{port}", interceptors=interceptors,
+                                 max_concurrent_rpcs=max_concurrent_rpcs)
     redis_up = threading.Event()
     side = SideServer(host, http_port, ready=redis_up.is_set)
     side.start()
@@ -187,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = ControllerSettings(max_running=args.max_running, heartbeat_timeout_s=args.heartbeat_timeout,
                                       start_timeout_s=args.start_timeout, cancel_grace_s=args.cancel_grace,
                                       reconcile_interval_s=args.reconcile_interval)
+        if args.max_concurrent_rpcs < 0:
+            raise S3Error("--max-concurrent-rpcs must be >= 0")
         for name in ("max_running",):
             if getattr(settings, name) < 0:
                 raise S3Error(f"--{name.replace('_', '-')} must be >= 0")
@@ -205,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = DEFAULT_PORT if args.port is None else args.port
     http_port = DEFAULT_HTTP_PORT if args.http_port is None else args.http_port
     try:
-        asyncio.run(serve(controller, servicer, host, port, http_port, token, args.ready_file))
+        asyncio.run(serve(controller, servicer, host, port, http_port, token, args.ready_file,
+                          args.max_concurrent_rpcs))
     except S3Error as exc:
         print(f"s3-controller: error: {exc}", file=sys.stderr)
         return 1

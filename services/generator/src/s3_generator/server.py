@@ -50,6 +50,7 @@ def build_spec(cfg: GeneratorConfig, cache_dir: str | None = None) -> tuple[Serv
         register=register,
         load=load,
         is_ready=lambda: servicer.ready,
+        max_concurrent_rpcs=cfg.max_concurrent_rpcs,
     )
     return spec, servicer
 

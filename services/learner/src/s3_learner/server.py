@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         learner_pb2_grpc.add_LearnerServicer_to_server(servicer, server)
 
     spec = ServiceSpec(name="learner", service_names=[SERVICE_NAME], register=register, load=holder.load,
-                       is_ready=lambda: holder._core is not None, max_message_bytes=256 * 1024 * 1024)
+                       is_ready=lambda: holder._core is not None, max_message_bytes=256 * 1024 * 1024,
+                       max_concurrent_rpcs=cfg.learner.max_concurrent_rpcs)
     try:
         asyncio.run(serve(spec, cfg.learner.host, cfg.learner.port, cfg.learner.http_port, args.ready_file))
     except S3Error as exc:

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         load=load,
         is_ready=loaded.is_set,
         setup_http=lambda side: setup_http(core, side),
+        max_concurrent_rpcs=rc.max_concurrent_rpcs,
     )
     try:
         asyncio.run(serve(spec, rc.host, rc.port, rc.http_port, args.ready_file))

@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         register=register,
         load=core.load_initial,
         is_ready=lambda: core.ready,
+        max_concurrent_rpcs=sc.max_concurrent_rpcs,
     )
     try:
         asyncio.run(serve(spec, sc.host, sc.port, sc.http_port, args.ready_file))

@@ -189,6 +189,12 @@ class SearcherCore:
             return path  # the endpoint's model name; nothing to check locally
         if path.startswith("embedded:"):
             return path
+        try:
+            return self._check_folder(path)
+        except (OSError, ValueError) as exc:  # name too long, NUL byte, ...: not a folder name
+            raise InvalidArgument(f"checkpoint_path is not a usable path: {type(exc).__name__}: {exc}") from None
+
+    def _check_folder(self, path: str) -> str:
         p = Path(path).expanduser()
         if self.sc.checkpoint_dir:
             root = Path(self.sc.checkpoint_dir).expanduser().resolve()

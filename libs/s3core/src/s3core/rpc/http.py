@@ -73,8 +73,8 @@ class SideServer:
                 raw = self.rfile.read(length)
                 try:
                     body = json.loads(raw.decode("utf-8")) if raw else None
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    self._json(400, {"error": f"request body is not valid JSON: {exc}"})
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # too deep: RecursionError
+                    self._json(400, {"error": f"request body is not valid JSON: {type(exc).__name__}: {exc}"})
                     return
                 self._dispatch("POST", path, body)
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from s3core.errors import S3Error
+from s3core.errors import InvalidArgument, S3Error
 from s3core.rpc.errors import status_for
 from s3core.telemetry.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED
 
@@ -27,10 +27,86 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+# Status details travel in the trailers; clients refuse trailers over 8 KiB (and then report
+# RESOURCE_EXHAUSTED / a lost stream instead of the real status), so an error message that echoes a
+# huge input (a 10k-character path, a long query) is clipped.
+MAX_DETAILS_CHARS = 1024
+
+
+def clip_details(message: str, limit: int = MAX_DETAILS_CHARS) -> str:
+    return message if len(message) <= limit else f"{message[: limit - 40]}... ({len(message)} characters)"
+
+
 def _split_method(full: str) -> tuple[str, str]:
     # "/s3.v1.Retriever/Search" -> ("s3.v1.Retriever", "Search")
     parts = full.strip("/").split("/")
     return (parts[0], parts[1]) if len(parts) == 2 else (full, "")
+
+
+class _Malformed:
+    """What a request that does not decode (bad protobuf, non-UTF-8 string) becomes: INVALID_ARGUMENT."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc answers UNKNOWN when a request deserializer raises; hand the handler a marker instead
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, UnicodeDecodeError, ...
+            return _Malformed(f"{type(exc).__name__}: {exc}")
+
+    return deserialize
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise InvalidArgument(f"malformed request: {request.error}")
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Innermost: a request that does not decode is INVALID_ARGUMENT (grpc itself would answer UNKNOWN).
+
+    Its tolerant deserializer is what the outer interceptors' handlers reuse, so the auth check
+    still runs first (an unauthenticated malformed request is UNAUTHENTICATED)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _check_decoded(request)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                _check_decoded(request)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
+        return handler
 
 
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -59,14 +135,14 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                     return await inner(request, context)
                 except S3Error as exc:
                     code = status_for(exc)
-                    await context.abort(code, str(exc))
+                    await context.abort(code, clip_details(str(exc)))
                 except Exception as exc:  # noqa: BLE001 - anything unexpected
                     if isinstance(exc, grpc.aio.AbortError):
                         code = context.code() or grpc.StatusCode.UNKNOWN
                         raise
                     code = grpc.StatusCode.INTERNAL
                     logger.exception("%s/%s failed", service, method)
-                    await context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+                    await context.abort(code, clip_details(f"internal error: {type(exc).__name__}: {exc}"))
                 finally:
                     ctx_code = context.code()
                     if isinstance(ctx_code, grpc.StatusCode) and code == grpc.StatusCode.OK:
@@ -92,14 +168,14 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                         yield item
                 except S3Error as exc:
                     code = status_for(exc)
-                    await context.abort(code, str(exc))
+                    await context.abort(code, clip_details(str(exc)))
                 except Exception as exc:  # noqa: BLE001
                     if isinstance(exc, grpc.aio.AbortError):
                         code = context.code() or grpc.StatusCode.UNKNOWN
                         raise
                     code = grpc.StatusCode.INTERNAL
                     logger.exception("%s/%s failed", service, method)
-                    await context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+                    await context.abort(code, clip_details(f"internal error: {type(exc).__name__}: {exc}"))
                 finally:
                     GRPC_HANDLED.labels(service, method, code.name).inc()
                     GRPC_HANDLING_SECONDS.labels(service, method).observe(time.perf_counter() - start)
@@ -139,6 +215,7 @@ async def start_server(
     bind: str = "127.0.0.1:0",
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+    max_concurrent_rpcs: int = 0,
 ) -> RunningServer:
     """Create, register and start an aio server on ``bind`` (``host:port``; port 0 picks one).
 
@@ -146,18 +223,23 @@ async def start_server(
     service's index or model is loaded.  ``interceptors`` run inside the error/metrics one (so
     what they reject is counted); ``None`` = bearer-token auth when ``$S3_AUTH_TOKEN`` /
     ``$S3_AUTH_TOKEN_FILE`` configure a token (:mod:`s3core.rpc.auth`), else none.
+    ``max_concurrent_rpcs`` > 0: RPCs in flight beyond it are answered ``RESOURCE_EXHAUSTED`` at
+    once (grpc's ``maximum_concurrent_rpcs``; health checks count too); 0 = no limit.
     """
+    if max_concurrent_rpcs < 0:
+        raise ValueError(f"max_concurrent_rpcs must be >= 0, got {max_concurrent_rpcs}")
     if interceptors is None:
         from s3core.rpc.auth import interceptors_from_env
 
         interceptors = interceptors_from_env()
     server = grpc.aio.server(
-        interceptors=[ErrorAndMetricsInterceptor(), *interceptors],
+        interceptors=[ErrorAndMetricsInterceptor(), *interceptors, MalformedRequestInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )
     register(server)
     health = HealthServicer()

@@ -44,11 +44,13 @@ class ServiceSpec:
     is_ready: Callable[[], bool]
     setup_http: Callable[[SideServer], None] | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_concurrent_rpcs: int = 0  # RPCs in flight beyond it get RESOURCE_EXHAUSTED (0 = no limit)
 
 
 async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_file: str | None = None,
                 exit_process: bool = True) -> None:
-    running = await start_server(spec.register, spec.service_names, f"{host}:{port}", spec.max_message_bytes)
+    running = await start_server(spec.register, spec.service_names, f"{host}:{port}", spec.max_message_bytes,
+                                 max_concurrent_rpcs=spec.max_concurrent_rpcs)
     side = SideServer(host, http_port, ready=spec.is_ready)
     if spec.setup_http is not None:
         spec.setup_http(side)
