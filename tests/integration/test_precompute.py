@@ -30,7 +30,6 @@ from s3core.errors import Unavailable
 from s3core.eval.precompute import filter_training_set, precompute, resolve_setup
 from s3core.retrieval.index import build_index, read_manifest
 from s3core.rpc.clients import GeneratorClient, RetrieverClient
-from s3core.runtime.local import LocalStack
 
 K = 3
 BATCH = 2
@@ -59,16 +58,6 @@ def services(world: dict[str, Path], service_runner: Any, tmp_path_factory: pyte
         yield {"retriever": rc, "generator": gc, "ret_svc": ret, "gen_svc": gen}
         rc.close()
         gc.close()
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stack = LocalStack(tmp_path_factory.mktemp("redis"), detach=False)
-    info = stack.start_redis()
-    try:
-        yield f"redis://127.0.0.1:{info.grpc_port}/0"
-    finally:
-        stack.down()
 
 
 def _questions(world: dict[str, Path], n1: int, n2: int) -> dict[str, list]:

@@ -44,18 +44,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from s3core.runtime.local import LocalStack
-
-    stack = LocalStack(tmp_path_factory.mktemp("train-redis"), detach=False)
-    info = stack.start_redis()
-    try:
-        yield f"redis://127.0.0.1:{info.grpc_port}/0"
-    finally:
-        stack.down()
-
-
-@pytest.fixture(scope="module")
 def services(world: dict[str, Any], service_runner: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     model = str(world["model"])
     with service_runner("s3_retriever", ["--index", str(world["index"])], tmp_path_factory.mktemp("ret")) as ret, \

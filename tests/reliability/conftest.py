@@ -98,18 +98,6 @@ def learner(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from s3core.runtime.local import LocalStack
-
-    stack = LocalStack(tmp_path_factory.mktemp("rel-redis"), detach=False)
-    info = stack.start_redis()
-    try:
-        yield f"redis://127.0.0.1:{info.grpc_port}/0"
-    finally:
-        stack.down()
-
-
-@pytest.fixture(scope="module")
 def controller(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     work = _workdir(tmp_path_factory, "rel-controller")
     args = ["--redis-url", redis_url, "--state-dir", str(work / "state"), "--worker-threads", "1",

@@ -403,6 +403,17 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a list, got {value!r}")
         (item,) = typing.get_args(tp) or (Any,)
         return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        vt = args[1] if len(args) == 2 else Any
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{path}: keys must be strings, got {k!r}")
+            out[k] = _coerce(vt, v, f"{path}.{k}")
+        return out
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path} must be true or false, got {value!r}")
@@ -426,6 +437,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+coerce_value = _coerce  # one typed coercion for every YAML-backed dataclass (config, job specs)
 
 
 def config_from_dict(data: dict[str, Any] | None, presets: list[str] | None = None) -> Config:

@@ -7,18 +7,16 @@ Every call sends ``authorization: Bearer <token>`` when a token is given or conf
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from s3.v1 import controller_pb2, controller_pb2_grpc
-from s3core.errors import S3Error, Unavailable
+from s3core.errors import S3Error
 from s3core.jobs.model import JobEvent, JobRecord
 from s3core.jobs.pb import event_from_pb, job_from_pb, kind_to_pb, state_to_pb
-from s3core.rpc.auth import load_token, with_token
+from s3core.rpc.clients import BaseClient
 from s3core.rpc.errors import from_rpc_error
 
 SERVICE_NAME = "s3.v1.Controller"
@@ -36,28 +34,15 @@ def _error(exc: grpc.RpcError, what: str) -> S3Error:
     return from_rpc_error(exc, what)
 
 
-class ControllerClient:
+class ControllerClient(BaseClient):
+    service = SERVICE_NAME
+
     def __init__(self, address: str, token: str | None = None, timeout: float = 30.0) -> None:
-        self.address = address
-        self.timeout = timeout
-        self._raw = grpc.insecure_channel(address)
-        self.channel = with_token(self._raw, load_token(token) if token is None else token)
+        super().__init__(address, timeout, token)
         self._stub = controller_pb2_grpc.ControllerStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self._raw)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                resp = self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5.0)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-            except grpc.RpcError as exc:
-                last = exc.code().name if hasattr(exc, "code") else str(exc)
-            time.sleep(0.2)
-        raise Unavailable(f"controller at {self.address} not serving after {timeout:.0f}s (last: {last})")
+        super().wait_ready(timeout)
 
     def _call(self, name: str, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -103,10 +88,6 @@ class ControllerClient:
             raise _error(exc, f"controller {self.address} WatchJob") from None
         finally:
             call.cancel()
-
-    def close(self) -> None:
-        self.channel.close()
-        self._raw.close()
 
     def __enter__(self) -> "ControllerClient":
         return self

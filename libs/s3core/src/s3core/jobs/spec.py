@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, Literal
 
 import yaml
 
-from s3core.config import Config, config_from_dict, config_to_dict
+from s3core.config import Config, coerce_value, config_from_dict, config_to_dict
 from s3core.errors import ConfigError, InvalidArgument
 from s3core.jobs.model import KINDS
 
@@ -444,53 +443,7 @@ def build_typed(cls: type, data: Any, path: str) -> Any:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"unknown key {path}.{unknown[0]} (known: {', '.join(sorted(fields))})")
-    return cls(**{name: _coerce(hints[name], value, f"{path}.{name}") for name, value in data.items()})
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{path} must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        item = args[0] if args else Any
-        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        vt = args[1] if len(args) == 2 else Any
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ConfigError(f"{path}: keys must be strings, got {k!r}")
-            out[k] = _coerce(vt, v, f"{path}.{k}")
-        return out
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
-        return str(value)
-    if dict in (tp, origin) or isinstance(tp, type) and issubclass(tp, dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
-    return value
+    return cls(**{name: coerce_value(hints[name], value, f"{path}.{name}") for name, value in data.items()})
 
 
 def _require(value: str, path: str, what: str) -> None:

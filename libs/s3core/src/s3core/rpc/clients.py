@@ -36,11 +36,12 @@ _OPTIONS = [
 class _Client:
     service = ""
 
-    def __init__(self, address: str, timeout: float = 120.0) -> None:
+    def __init__(self, address: str, timeout: float = 120.0, token: str | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        # sends `authorization: Bearer <token>` when $S3_AUTH_TOKEN / $S3_AUTH_TOKEN_FILE configure one
-        self.channel = with_token(grpc.insecure_channel(address, options=_OPTIONS))
+        # sends `authorization: Bearer <token>`: the given token, else the one $S3_AUTH_TOKEN /
+        # $S3_AUTH_TOKEN_FILE configure ("" = none)
+        self.channel = with_token(grpc.insecure_channel(address, options=_OPTIONS), token)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
@@ -66,6 +67,9 @@ class _Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+BaseClient = _Client  # for clients of services defined outside this module (the controller's)
 
 
 class RetrieverClient(_Client):
