@@ -27,14 +27,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-# Status details travel in the trailers; clients refuse trailers over 8 KiB (and then report
-# RESOURCE_EXHAUSTED / a lost stream instead of the real status), so an error message that echoes a
-# huge input (a 10k-character path, a long query) is clipped.
-MAX_DETAILS_CHARS = 1024
+# Status details travel in the trailers, percent-encoded (a non-ASCII byte becomes three);
+# clients refuse trailers over 8 KiB (and then report RESOURCE_EXHAUSTED / a lost stream instead of
+# the real status), so an error message that echoes a huge input (a 10k-character path, a long
+# query, a list of emoji ids) is clipped by its UTF-8 size: 1 KiB encodes to at most 3 KiB.
+MAX_DETAILS_BYTES = 1024
 
 
-def clip_details(message: str, limit: int = MAX_DETAILS_CHARS) -> str:
-    return message if len(message) <= limit else f"{message[: limit - 40]}... ({len(message)} characters)"
+def clip_details(message: str, limit: int = MAX_DETAILS_BYTES) -> str:
+    data = message.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return data.decode("utf-8")  # lone surrogates (from undecodable input) become "?"
+    head = data[: max(limit - 48, 0)].decode("utf-8", errors="ignore")
+    return f"{head}... ({len(message)} characters)"
 
 
 def _split_method(full: str) -> tuple[str, str]:
