@@ -14,7 +14,7 @@ CHART := deploy/helm/s3
 CHART_ARGS ?=
 
 .PHONY: help setup protos demo train-demo test test-unit test-integration lint bench clean redis-bin \
-	deploy-tools chart-render chart-lint dashboards test-deploy
+	deploy-tools chart-render chart-lint dashboards test-deploy audit
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -80,8 +80,21 @@ test-deploy: setup ## chart, images, skaffold and dashboard checks (tests/deploy
 lint: setup ## ruff over the tree
 	$(BIN)/ruff check libs services cli tests bench
 
+# AUDIT_ARGS: extra pip-audit arguments; --offline-ok (CI) makes "no vulnerability data" a warning
+AUDIT_ARGS ?=
+audit: $(STAMP) ## pip-audit of the venv against PyPI's vulnerability data: fails on a known vulnerability
+	$(BIN)/python .ci/audit.py $(AUDIT_ARGS)
+
 bench: setup ## retriever-service throughput vs in-process bm25s (prints ratio=...)
 	$(BIN)/python bench/retrieval.py
+
+# The python with CUDA torch (and vLLM) to run it with, e.g. SMOKE_PY=~/cuda-env/bin/python; models from
+# S3_SMOKE_GENERATOR / S3_SMOKE_SEARCHER (bench/gpu_smoke.sh).  REQUIRE_GPU=1: a machine without one fails.
+SMOKE_PY ?= $(BIN)/python
+.PHONY: gpu-smoke
+gpu-smoke: protos ## on a CUDA GPU: services with small models, s3 eval episodes, one RL step (skipped without a GPU)
+	@PY="$(SMOKE_PY)" bash bench/gpu_smoke.sh; rc=$$?; \
+	if [ $$rc -eq 77 ] && [ -z "$(REQUIRE_GPU)" ]; then exit 0; fi; exit $$rc
 
 clean: ## remove the venv, generated code and local state
 	rm -rf $(VENV) $(GEN_DIR)/s3 .s3

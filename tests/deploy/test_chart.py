@@ -67,7 +67,10 @@ def test_helm_lint_is_clean() -> None:
 
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_every_manifest_validates(profile: str, profile_render: Callable[[str], Rendered]) -> None:
-    r = profile_render(profile)
+    _validate_all(profile_render(profile), profile)
+
+
+def _validate_all(r: Rendered, profile: str) -> None:
     kinds = {d["kind"] for d in r.docs}
     assert {"Deployment", "Service", "StatefulSet", "PersistentVolumeClaim", "Secret", "ConfigMap", "NetworkPolicy",
             "PodDisruptionBudget", "ServiceAccount", "Role", "RoleBinding"} <= kinds
@@ -157,7 +160,10 @@ def test_workloads_are_locked_down_and_probed(profile: str, profile_render: Call
 
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_references_resolve(profile: str, profile_render: Callable[[str], Rendered]) -> None:
-    r = profile_render(profile)
+    _check_references(profile_render(profile))
+
+
+def _check_references(r: Rendered) -> None:
     names = {(d["kind"], d["metadata"]["name"]) for d in r.docs}
     workloads = r.of_kind("Deployment") + r.of_kind("StatefulSet")
     pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads]
@@ -236,19 +242,26 @@ def test_network_policies_admit_only_the_platform(profile_render: Callable[[str]
 
 def test_gpu_profile_puts_models_on_gpus(profile_render: Callable[[str], Rendered]) -> None:
     r = profile_render("gpu")
-    for component in ("generator", "searcher", "learner"):
+    # GPUs per pod: the generator's two tensor-parallel ranks, one for the searcher, the learner and the retriever
+    gpus = {"generator": 2, "searcher": 1, "learner": 1, "retriever": 1}
+    for component, n in gpus.items():
         pod = r.deployment(component)["spec"]["template"]["spec"]
         (c,) = pod["containers"]
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1, component
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == n, component
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == n, component
         assert c["image"].startswith("s3-platform-cuda:"), component
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-        assert pod["nodeSelector"], component
-        assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"]), component
+        assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true", component
+        if component != "retriever":
+            assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"]), component
+    # both generator ranks on one node with two GPUs or more
+    (term,) = r.deployment("generator")["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {"key": "nvidia.com/gpu.count", "operator": "Gt", "values": ["1"]} in term["matchExpressions"]
     gen = r.deployment("generator")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--backend=vllm" in gen and "--model=Qwen/Qwen2.5-14B-Instruct-GPTQ-Int4" in gen
+    assert "--backend=vllm" in gen and "--model=Qwen/Qwen2.5-14B-Instruct" in gen
     srch = r.deployment("searcher")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--model=Qwen/Qwen2.5-7B-Instruct" in srch
-    assert r.deployment("retriever")["spec"]["template"]["spec"]["containers"][0]["image"].startswith("s3-platform:")
+    assert "--model=Qwen/Qwen2.5-7B-Instruct" in srch and f"--retriever={RELEASE}-retriever:50051" in srch
     # the checkpoint volume is shared by learner (read-write) and searcher (read-only): ReadWriteMany
     pvc = r.get("PersistentVolumeClaim", f"{RELEASE}-checkpoints")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -271,6 +284,103 @@ def test_cpu_profiles_ask_for_no_gpu(profile: str, profile_render: Callable[[str
         for c in pod["containers"]:
             assert "cuda" not in c["image"]
     assert not r.of_kind("ServiceMonitor")
+
+
+# --- sharded retrievers -----------------------------------------------------------------------------------
+
+SHARDS = 4
+
+
+@pytest.fixture(scope="module")
+def sharded(render: Callable[..., Rendered]) -> Rendered:
+    """The GPU profile with wiki-18 in four retriever shards."""
+    return render(values_files=PROFILES["gpu"], set_values={"retriever": {"shards": SHARDS}})
+
+
+def _shard_names() -> list[str]:
+    return [f"{RELEASE}-retriever-{i}" for i in range(SHARDS)]
+
+
+def test_sharded_gpu_profile_validates(sharded: Rendered) -> None:
+    _validate_all(sharded, f"gpu + retriever.shards={SHARDS}")
+    _check_references(sharded)  # every Service, PDB and NetworkPolicy selects exactly one workload's pods
+    kinds = ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor")
+    for kind in kinds:
+        names = {d["metadata"]["name"] for d in sharded.of_kind(kind)}
+        assert set(_shard_names()) <= names, f"{kind}: {sorted(names)}"
+        assert f"{RELEASE}-retriever" not in names, f"{kind}: an unsharded retriever is left"
+    assert len(sharded.of_kind("Deployment")) == len(COMPONENTS) - 1 + SHARDS
+    # each shard's objects select that shard's pods and no other
+    for i, name in enumerate(_shard_names()):
+        labels = sharded.get("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert labels["s3-platform/shard"] == str(i) and labels["app.kubernetes.io/component"] == "retriever"
+        svc = sharded.get("Service", name)
+        assert _matches(svc["spec"]["selector"], labels)
+        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 50051, "http": 8051}
+        for kind, path in (("PodDisruptionBudget", ("selector",)), ("NetworkPolicy", ("podSelector",)),
+                           ("ServiceMonitor", ("selector",))):
+            sel = sharded.get(kind, name)["spec"]
+            for key in path:
+                sel = sel[key]
+            assert _matches(sel["matchLabels"], labels), (kind, name)
+            others = [sharded.get("Deployment", o)["spec"]["template"]["metadata"]["labels"]
+                      for o in _shard_names() if o != name]
+            assert not any(_matches(sel["matchLabels"], o) for o in others), (kind, name)
+        assert sharded.get("PodDisruptionBudget", name)["spec"]["maxUnavailable"] == 1
+    # the searcher (and the job templates) may reach every shard: the shard pods carry the platform's labels
+    searcher_labels = sharded.deployment("searcher")["spec"]["template"]["metadata"]["labels"]
+    for name in _shard_names():
+        peers = sharded.get("NetworkPolicy", name)["spec"]["ingress"][0]["from"]
+        assert any(_matches(p["podSelector"]["matchLabels"], searcher_labels) for p in peers if "podSelector" in p)
+
+
+def test_each_shard_serves_its_own_shard_directory(sharded: Rendered) -> None:
+    parser = _parser("retriever")
+    for i, name in enumerate(_shard_names()):
+        pod = sharded.get("Deployment", name)["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        shard_dir = f"/data/indexes/wiki18-e5/shard-{i:05d}-of-{SHARDS:05d}"
+        ns = parser.parse_args(c["args"])
+        assert ns.index == [shard_dir], (name, ns.index)
+        (wait,) = pod["initContainers"]
+        assert wait["args"][-1] == shard_dir  # waits for this shard's manifest, not shard 0's
+        data = next(m for m in c["volumeMounts"] if m["name"] == "data")
+        assert data["mountPath"] == "/data" and data["readOnly"] is True
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and c["image"].startswith("s3-platform-cuda:")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert c[probe]["grpc"] == {"port": 50051, "service": ""}, (name, probe)
+        assert {"--port=50051", "--http-port=8051", "--host=0.0.0.0"} <= set(c["args"])
+
+
+def test_clients_get_every_shard_address(sharded: Rendered) -> None:
+    from s3core.jobs.spec import parse_spec
+
+    want = ",".join(f"{n}:50051" for n in _shard_names())
+    (c,) = sharded.deployment("searcher")["spec"]["template"]["spec"]["containers"]
+    ns = _parser("searcher").parse_args(c["args"])
+    assert ns.retriever == want
+    services = {s["metadata"]["name"]: s for s in sharded.of_kind("Service")}
+    for addr in ns.retriever.split(","):
+        host, port = addr.split(":")
+        assert any(p["port"] == int(port) for p in services[host]["spec"]["ports"]), addr
+    templates = sharded.get("ConfigMap", f"{RELEASE}-job-templates")["data"]
+    assert parse_spec(templates["eval.yaml"]).args.retriever == want
+    assert parse_spec(templates["precompute.yaml"]).args.retriever == want
+    assert parse_spec(templates["train.yaml"]).config.train.retriever == want
+    assert want in sharded.notes and f"shard-0000i-of-{SHARDS:05d}" in sharded.notes
+
+
+def test_one_shard_is_the_plain_retriever(render: Callable[..., Rendered],
+                                          profile_render: Callable[[str], Rendered]) -> None:
+    """shards: 1 renders exactly what the chart rendered before shards existed: no shard label, no suffix."""
+    one = render(values_files=PROFILES["gpu"], set_values={"retriever": {"shards": 1}})
+    def objects(r: Rendered) -> list[dict[str, Any]]:
+        return [d for d in r.docs if d["kind"] != "Secret"]  # generated tokens differ between renderings
+
+    assert objects(one) == objects(profile_render("gpu"))
+    dep = one.deployment("retriever")
+    assert "s3-platform/shard" not in dep["spec"]["selector"]["matchLabels"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["args"][-2] == "--index=/data/indexes/wiki18-e5"
 
 
 # --- the code accepts what the chart passes ------------------------------------------------------------
@@ -307,6 +417,7 @@ def test_service_flags_and_config_parse(profile: str, profile_render: Callable[[
         load_config(tmp_path / "config.yaml", ns.preset)
     if profile == "gpu":
         assert cfg.generator.backend == "vllm" and cfg.search.retrieve_k == 8 and cfg.rl.lora_rank == 16
+        assert cfg.generator.tensor_parallel_size == 2 and cfg.searcher.tensor_parallel_size == 1
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
@@ -475,6 +586,32 @@ def test_existing_secrets_and_external_redis(render: Callable[..., Rendered]) ->
     assert vol["secret"] == {"secretName": "my-token", "defaultMode": 0o440, "items": [{"key": "t", "path": "token"}]}
 
 
+@pytest.mark.parametrize("client_auth", [False, True])
+def test_tls_mounts_the_secret_and_probes_over_http(client_auth: bool, render: Callable[..., Rendered]) -> None:
+    r = render(set_values={"tls": {"enabled": True, "existingSecret": "s3-tls", "clientAuth": client_auth},
+                           "controller": {"backend": "kubernetes"}})
+    for doc in r.docs:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    for component in ("retriever", "generator", "searcher", "learner", "controller"):
+        pod = r.deployment(component)["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        (vol,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        assert vol["secret"]["secretName"] == "s3-tls"
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "tls"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        for var, key in (("S3_TLS_CERT_FILE", "tls.crt"), ("S3_TLS_KEY_FILE", "tls.key"), ("S3_TLS_CA_FILE", "ca.crt")):
+            assert env[var] == f"{mount['mountPath']}/{key}", (component, var)
+        assert ("S3_TLS_CLIENT_CA_FILE" in env) is client_auth and ("S3_TLS_CLIENT_CERT_FILE" in env) is client_auth
+        http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert "grpc" not in c[probe], (component, probe)  # kubelet's grpc probes cannot speak TLS
+            assert c[probe]["httpGet"] == {"path": "/healthz", "port": http}
+    (c,) = r.deployment("controller")["spec"]["template"]["spec"]["containers"]
+    args = _parser("controller").parse_args(_expand(c["args"], {e["name"]: "x" for e in c["env"]}))
+    assert args.k8s_tls_secret == "s3-tls" and args.k8s_tls_client_auth is client_auth
+
+
 def test_dashboards_ship_as_labelled_configmaps(profile_render: Callable[[str], Rendered]) -> None:
     r = profile_render("default")
     files = sorted(p.name for p in (CHART / "dashboards").glob("*.json"))
@@ -503,6 +640,13 @@ def test_notes_tell_how_to_reach_the_controller(profile_render: Callable[[str], 
     ({"serviceMonitor": {"interval": "30 seconds"}}, "interval"),
     ({"controller": {"heartbeatInterval": 40, "heartbeatTimeout": 60}}, "heartbeatInterval"),
     ({"redis": {"enabled": False}}, "redis.external.url"),
+    ({"retriever": {"shards": 0}}, "shards"),
+    ({"tls": {"enabled": True}}, "tls.existingSecret"),
+    ({"retriever": {"shards": "4"}}, "shards"),
+    # vLLM: one tensor-parallel rank per GPU (config.generator.tensor_parallel_size defaults to 1)
+    ({"generator": {"backend": "vllm", "resources": {"limits": {"nvidia.com/gpu": 2}}}}, "tensor_parallel_size"),
+    ({"config": {"searcher": {"tensor_parallel_size": 2}},
+      "searcher": {"backend": "vllm", "resources": {"limits": {"nvidia.com/gpu": 1}}}}, "tensor_parallel_size"),
 ])
 def test_bad_values_fail_with_a_message(values: dict[str, Any], needle: str,
                                         render: Callable[..., Rendered]) -> None:

@@ -3,7 +3,8 @@
 Every service is started with ``$S3_AUTH_TOKEN`` set (and DEBUG logging).  Each of its methods
 answers ``UNAUTHENTICATED`` without a token, with a wrong one, and to malformed bytes without a
 token; a normal request with the token is served; the health service stays open (probes).  After
-all that, the token appears in no service's log.
+all that, the token appears in no service's log.  TLS and mTLS for gRPC (``S3_TLS_*``): see the
+section at the end.
 """
 
 from __future__ import annotations
@@ -101,3 +102,180 @@ def test_token_never_logged(authed: dict[str, Any]) -> None:
         assert text, f"{name} wrote no log"
         assert TOKEN not in text, f"the auth token appears in the {name} log"
         assert WRONG not in text, f"a presented (wrong) token appears in the {name} log"
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+# A throw-away PKI made at test time with the openssl CLI: a CA, a server certificate for
+# localhost / 127.0.0.1, a client certificate from the same CA, and a second ("rogue") CA with a
+# client certificate of its own.  Real services are started with S3_TLS_* (and the bearer token and
+# DEBUG logging): TLS clients are served, plaintext clients and clients that do not trust the CA are
+# refused, and with S3_TLS_CLIENT_CA_FILE (mTLS) a client without a certificate from that CA is
+# refused too.  Neither the token nor the private keys appear in any log.
+
+def _openssl(cwd: Any, *args: str) -> None:
+    import subprocess
+
+    out = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"openssl {' '.join(args)}:\n{out.stderr}"
+
+
+def _issue(cwd: Any, name: str, ca: str, subject: str, ext: str) -> None:
+    (cwd / f"{name}.ext").write_text(ext)
+    _openssl(cwd, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+             f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+    _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import os
+    import shutil
+
+    if shutil.which("openssl") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("the TLS tests need the openssl CLI (apt-get install openssl)")
+        pytest.skip("no openssl CLI to make test certificates with")
+    d = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "rogue-ca"):
+        _openssl(d, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+                 f"{ca}.key", "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN=s3 test {ca}", "-addext",
+                 "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _issue(d, "server", "ca", "/CN=localhost", "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+           "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _issue(d, "client", "ca", "/CN=s3 test client", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    _issue(d, "rogue-client", "rogue-ca", "/CN=s3 rogue client", "basicConstraints=CA:FALSE\n"
+           "extendedKeyUsage=clientAuth\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tls_services(world: dict[str, Any], redis_url: str, pki: Any, service_runner: Any,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """retriever and controller over TLS, a retriever over mTLS; all with the token and DEBUG logs."""
+    server_env = {"S3_TLS_CERT_FILE": str(pki / "server.crt"), "S3_TLS_KEY_FILE": str(pki / "server.key"),
+                  "S3_AUTH_TOKEN": TOKEN}
+    with contextlib.ExitStack() as stack:
+        def start(name: str, module: str, args: list[str], env: dict[str, str]) -> Any:
+            with pytest.MonkeyPatch.context() as mp:  # the service's environment only, not the tests'
+                for k, v in env.items():
+                    mp.setenv(k, v)
+                return stack.enter_context(service_runner(module, [*args, "--log-level", "DEBUG"],
+                                                          tmp_path_factory.mktemp(f"tls-{name}"), 180))
+
+        ret_args = ["--index", str(world["index"]), "--threads", "1"]
+        out = {
+            "retriever": start("retriever", "s3_retriever", ret_args, server_env),
+            "mtls": start("mtls", "s3_retriever", ret_args, {**server_env,
+                                                              "S3_TLS_CLIENT_CA_FILE": str(pki / "ca.crt")}),
+            "controller": start("controller", "s3_controller",
+                                ["--redis-url", redis_url, "--state-dir", str(tmp_path_factory.mktemp("tls-state"))],
+                                server_env),
+        }
+        yield out
+
+
+def _search_code(target: str, tls: Any) -> str:
+    from s3core.rpc.tls import open_channel
+
+    md = [("authorization", f"Bearer {TOKEN}")]
+    ch = open_channel(target, tls=tls) if tls is not None else grpc.insecure_channel(target)
+    with ch:
+        try:
+            stub = ch.unary_unary("/s3.v1.Retriever/Search", request_serializer=lambda m: m.SerializeToString(),
+                                  response_deserializer=retriever_pb2.SearchResponse.FromString)
+            resp = stub(retriever_pb2.SearchRequest(queries=["bridge"], k=2), metadata=md, timeout=15)
+            assert len(resp.results) == 1
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+
+def test_tls_clients_are_served_plaintext_ones_refused(tls_services: dict[str, Any], pki: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    from s3core.jobs.client import ControllerClient
+    from s3core.rpc.clients import RetrieverClient
+    from s3core.rpc.tls import ClientTLS
+
+    ret = tls_services["retriever"]
+    assert _search_code(ret.grpc_target, ClientTLS(ca_file=str(pki / "ca.crt"))) == "OK"
+    # plaintext: the TLS port does not speak it (the same for the health service: probes use /healthz)
+    assert _search_code(ret.grpc_target, None) == "UNAVAILABLE"
+    with grpc.insecure_channel(ret.grpc_target) as ch, pytest.raises(grpc.RpcError) as err:
+        health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # a client that does not trust the server's CA
+    assert _search_code(ret.grpc_target, ClientTLS(ca_file=str(pki / "rogue-ca.crt"))) == "UNAVAILABLE"
+    # the HTTP side-server's /healthz stays plaintext: what Kubernetes probes a TLS service with
+    with urllib.request.urlopen(f"{ret.http_base}/healthz", timeout=10) as r:
+        assert r.status == 200
+
+    # the typed clients take TLS from the environment (S3_TLS_CA_FILE), as services and the CLI do
+    monkeypatch.setenv("S3_TLS_CA_FILE", str(pki / "ca.crt"))
+    monkeypatch.setenv("S3_AUTH_TOKEN", TOKEN)
+    with RetrieverClient(ret.grpc_target, timeout=30) as rc:
+        rc.wait_ready(30)
+        assert [d.id for d in rc.search(["bridge"], 2)[0]]
+    with ControllerClient(tls_services["controller"].grpc_target) as cc:
+        cc.wait_ready(30)
+        assert isinstance(cc.list(limit=5), list)
+    # S3_TLS_SERVER_NAME: the name checked in the certificate instead of the dialled host
+    ca = str(pki / "ca.crt")
+    assert _search_code(ret.grpc_target, ClientTLS(ca_file=ca, server_name="retriever.example")) == "UNAVAILABLE"
+    assert _search_code(ret.grpc_target, ClientTLS(ca_file=ca, server_name="localhost")) == "OK"
+
+
+def test_mtls_refuses_clients_without_a_certificate_from_the_ca(tls_services: dict[str, Any], pki: Any) -> None:
+    from s3core.rpc.tls import ClientTLS
+
+    target = tls_services["mtls"].grpc_target
+    ca = str(pki / "ca.crt")
+    assert _search_code(target, ClientTLS(ca_file=ca)) == "UNAVAILABLE"  # no client certificate
+    assert _search_code(target, ClientTLS(ca_file=ca, cert_file=str(pki / "rogue-client.crt"),
+                                          key_file=str(pki / "rogue-client.key"))) == "UNAVAILABLE"
+    assert _search_code(target, None) == "UNAVAILABLE"
+    assert _search_code(target, ClientTLS(ca_file=ca, cert_file=str(pki / "client.crt"),
+                                          key_file=str(pki / "client.key"))) == "OK"
+
+
+def test_tls_secrets_never_logged(tls_services: dict[str, Any], pki: Any) -> None:
+    key_lines = [line for name in ("server.key", "client.key", "ca.key")
+                 for line in (pki / name).read_text().splitlines() if line and not line.startswith("-----")]
+    assert key_lines
+    for name, svc in tls_services.items():
+        text = svc.log.read_text(errors="replace")
+        assert "TLS" in text, f"the {name} log does not say it serves TLS"
+        assert TOKEN not in text, f"the auth token appears in the {name} log"
+        for line in key_lines:
+            assert line not in text, f"private key material appears in the {name} log"
+
+
+def test_half_configured_tls_fails_fast(pki: Any, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from s3core.errors import InvalidArgument
+    from s3core.rpc.tls import ClientTLS, ServerTLS
+
+    env = {**os.environ, "S3_TLS_CERT_FILE": str(pki / "server.crt")}
+    env.pop("S3_TLS_KEY_FILE", None)
+    out = subprocess.run([sys.executable, "-m", "s3_controller", "--redis-url", "redis://127.0.0.1:1/0", "--port",
+                          "0", "--http-port", "0", "--state-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode != 0
+    assert "S3_TLS_KEY_FILE" in out.stderr, out.stderr
+    with pytest.raises(InvalidArgument, match="S3_TLS_KEY_FILE"):
+        ServerTLS(cert_file=str(pki / "server.crt")).credentials()
+    with pytest.raises(InvalidArgument, match="S3_TLS_CLIENT_CA_FILE is set but"):
+        ServerTLS(client_ca_file=str(pki / "ca.crt")).credentials()
+    with pytest.raises(InvalidArgument, match="S3_TLS_CA_FILE is not"):
+        ClientTLS(cert_file=str(pki / "client.crt"), key_file=str(pki / "client.key")).credentials()
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(InvalidArgument, match=f"S3_TLS_CA_FILE={missing}"):
+        ClientTLS(ca_file=str(missing)).credentials()
+    (tmp_path / "empty.pem").write_text("\n")
+    with pytest.raises(InvalidArgument, match="is empty"):
+        ServerTLS(cert_file=str(tmp_path / "empty.pem"), key_file=str(pki / "server.key")).credentials()

@@ -68,6 +68,8 @@ SETTINGS = {
     "secrets-and-owner": KubeSettings(namespace="research", image="s3-platform:0.1.0", redis_secret="s3-redis:url",
                                       auth_secret="s3-auth:token", owner=OWNER, service_account="s3-jobs",
                                       labels={"app.kubernetes.io/instance": "prod"}),
+    "mtls": KubeSettings(namespace="s3", image="s3-platform:0.1.0", redis_url="redis://s3-redis:6379/0",
+                         tls_secret="s3-tls", tls_client_auth=True),
 }
 
 
@@ -184,3 +186,24 @@ def test_the_validator_rejects_what_an_api_server_would():
     m["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
     with pytest.raises(kubernetes_validate.ValidationError, match="gpus"):
         validate(m)
+
+
+@pytest.mark.parametrize("client_auth", [False, True])
+def test_tls_secret_reaches_the_worker(client_auth: bool):
+    """Workers dial the services: with a TLS Secret they verify against its ca.crt (and present tls.crt for mTLS)."""
+    settings = KubeSettings(namespace="s3", image="s3-platform:0.1.0", redis_url="redis://r:6379/0",
+                            tls_secret="s3-tls", tls_client_auth=client_auth)
+    m = job_manifest(_job(), parse_spec(SPECS["index"]), settings)
+    validate(m)
+    pod = m["spec"]["template"]["spec"]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert vol["secret"]["secretName"] == "s3-tls"
+    c = pod["containers"][0]
+    (mount,) = [v for v in c["volumeMounts"] if v["name"] == "tls"]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["S3_TLS_CA_FILE"] == f"{mount['mountPath']}/ca.crt"
+    assert ("S3_TLS_CLIENT_CERT_FILE" in env) is client_auth and ("S3_TLS_CLIENT_KEY_FILE" in env) is client_auth
+    assert "S3_TLS_CERT_FILE" not in env  # a worker serves nothing
+    plain = job_manifest(_job(), parse_spec(SPECS["index"]), SETTINGS["plain-url"])
+    assert not any(e["name"].startswith("S3_TLS") for e in plain["spec"]["template"]["spec"]["containers"][0]["env"])

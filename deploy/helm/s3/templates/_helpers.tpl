@@ -18,9 +18,15 @@
 {{- end }}
 {{- end }}
 
-{{/* (dict "root" $ "component" "retriever") -> <fullname>-retriever */}}
+{{/* (dict "root" $ "component" "retriever") -> <fullname>-retriever; with "shard" "2" -> <fullname>-retriever-2 */}}
 {{- define "s3.componentName" -}}
+{{- $shard := toString (get . "shard" | default "") }}
+{{- if $shard }}
+{{- $suffix := printf "-%s" $shard }}
+{{- printf "%s-%s" (include "s3.fullname" .root) .component | trunc (int (sub 63 (len $suffix))) | trimSuffix "-" }}{{ $suffix }}
+{{- else }}
 {{- printf "%s-%s" (include "s3.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
 {{- end }}
 
 {{- define "s3.chart" -}}
@@ -32,13 +38,37 @@
 retriever generator searcher learner controller
 {{- end }}
 
+{{/* (dict "root" $ "component" NAME) -> the shard numbers of a component, "0 1 2 3", or "" when it is not
+sharded (every component but a retriever with retriever.shards > 1).  Each shard is its own Deployment, Service,
+PDB, NetworkPolicy and ServiceMonitor, named <fullname>-<component>-<shard> and labelled s3-platform/shard. */}}
+{{- define "s3.shardList" -}}
+{{- $n := 1 }}
+{{- if eq .component "retriever" }}{{ $n = int (.root.Values.retriever.shards | default 1) }}{{ end }}
+{{- if gt $n 1 }}{{ range $i := until $n }}{{ if $i }} {{ end }}{{ $i }}{{ end }}{{ end }}
+{{- end }}
+
+{{/* (dict "root" $ "index" DIR "shard" "2") -> DIR/shard-00002-of-00004, the directory `s3 index build --shards N`
+writes for shard i; DIR itself when not sharded. */}}
+{{- define "s3.shardDir" -}}
+{{- $dir := include "s3.dataPath" (dict "root" .root "path" .index) }}
+{{- $shard := toString (get . "shard" | default "") }}
+{{- if $shard }}
+{{- printf "%s/shard-%05d-of-%05d" ($dir | trimSuffix "/") (int $shard) (int .root.Values.retriever.shards) }}
+{{- else }}
+{{- $dir }}
+{{- end }}
+{{- end }}
+
 {{/* Labels ------------------------------------------------------------------------------------------ */}}
 
-{{/* (dict "root" $ "component" NAME) */}}
+{{/* (dict "root" $ "component" NAME ["shard" "i"]) */}}
 {{- define "s3.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "s3.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
+{{- with toString (get . "shard" | default "") }}
+s3-platform/shard: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* (dict "root" $ "component" NAME) */}}
@@ -94,10 +124,22 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret }}{{ .Values.redis.external.existingSecretKey }}{{ else }}url{{ end }}
 {{- end }}
 
-{{/* (dict "root" $ "component" NAME) -> <service>:<grpc port> */}}
+{{/* (dict "root" $ "component" NAME ["shard" "i"]) -> <service>:<grpc port> */}}
 {{- define "s3.address" -}}
 {{- $spec := index .root.Values .component }}
 {{- printf "%s:%v" (include "s3.componentName" .) $spec.ports.grpc }}
+{{- end }}
+
+{{/* The retriever address clients are given: <fullname>-retriever:PORT, or with retriever.shards > 1 the
+comma-separated shard addresses <fullname>-retriever-0:PORT,...,<fullname>-retriever-N-1:PORT (the clients fan a
+search out to every shard and merge the ranked lists). */}}
+{{- define "s3.retrieverAddress" -}}
+{{- $root := . }}
+{{- $out := list }}
+{{- range $shard := splitList " " (include "s3.shardList" (dict "root" $root "component" "retriever")) }}
+{{- $out = append $out (include "s3.address" (dict "root" $root "component" "retriever" "shard" $shard)) }}
+{{- end }}
+{{- join "," $out }}
 {{- end }}
 
 {{- define "s3.jobsNamespace" -}}
@@ -134,6 +176,15 @@ grpc:
 {{- end }}
 {{- end }}
 
+{{- define "s3.httpProbe" -}}
+httpGet:
+  path: /healthz
+  port: {{ .http }}
+{{- with .timing }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* (dict "root" $ "path" P) -> P when absolute, else under the data volume's mount path */}}
 {{- define "s3.dataPath" -}}
 {{- if hasPrefix "/" .path }}{{ .path }}{{ else }}{{ printf "%s/%s" (.root.Values.persistence.data.mountPath | trimSuffix "/") .path }}{{ end }}
@@ -142,8 +193,9 @@ grpc:
 {{/* The service-specific flags of each component (the common ones are in deployment.yaml). */}}
 {{- define "s3.args.retriever" -}}
 {{- $root := .root }}
+{{- $shard := get . "shard" | default "" }}
 {{- range .spec.indexes }}
-- --index={{ include "s3.dataPath" (dict "root" $root "path" .) }}
+- --index={{ include "s3.shardDir" (dict "root" $root "index" . "shard" $shard) }}
 {{- end }}
 {{- if .spec.threads }}
 - --threads={{ .spec.threads }}
@@ -160,7 +212,7 @@ grpc:
 {{- end }}
 
 {{- define "s3.args.searcher" -}}
-- --retriever={{ include "s3.address" (dict "root" .root "component" "retriever") }}
+- --retriever={{ include "s3.retrieverAddress" .root }}
 - --backend={{ .spec.backend }}
 - --model={{ .spec.model }}
 - --model-cache={{ .root.Values.persistence.models.mountPath | trimSuffix "/" }}/s3
@@ -217,6 +269,12 @@ grpc:
 - --k8s-redis-secret={{ include "s3.redisSecretName" $root }}:{{ include "s3.redisSecretKey" $root }}
 {{- if $root.Values.auth.enabled }}
 - --k8s-auth-secret={{ include "s3.authSecretName" $root }}:{{ include "s3.authSecretKey" $root }}
+{{- end }}
+{{- if $root.Values.tls.enabled }}
+- --k8s-tls-secret={{ $root.Values.tls.existingSecret }}
+{{- if $root.Values.tls.clientAuth }}
+- --k8s-tls-client-auth
+{{- end }}
 {{- end }}
 - --k8s-service-account={{ include "s3.jobServiceAccountName" $root }}
 {{- end }}

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Secret key holding the job store URL for pods (instead of --k8s-redis-url)")
     k.add_argument("--k8s-auth-secret", default="", metavar="SECRET:KEY",
                    help="Secret key holding the bearer token, given to workers as S3_AUTH_TOKEN")
+    k.add_argument("--k8s-tls-secret", default="", metavar="SECRET",
+                   help="kubernetes.io/tls Secret mounted into worker pods, which then dial the services over TLS")
+    k.add_argument("--k8s-tls-client-auth", action="store_true",
+                   help="with --k8s-tls-secret: workers present its tls.crt (services that require mTLS)")
     k.add_argument("--k8s-service-account", default="", help="service account of the worker pods")
     k.add_argument("--k8s-owner", default="", metavar="APIVERSION/KIND/NAME/UID",
                    help="owner reference put on every Job, e.g. apps/v1/Deployment/s3-controller/<uid> "
@@ -122,6 +126,7 @@ def build_backend(args: argparse.Namespace, url: str, state_dir: str) -> Any:
     settings = KubeSettings(
         namespace=args.k8s_namespace, image=args.k8s_image, redis_url=args.k8s_redis_url or url,
         redis_secret=args.k8s_redis_secret, auth_secret=args.k8s_auth_secret, store_namespace=args.namespace,
+        tls_secret=args.k8s_tls_secret, tls_client_auth=args.k8s_tls_client_auth,
         owner=_owner(args.k8s_owner), service_account=args.k8s_service_account,
         heartbeat_interval=args.heartbeat_interval,
     )

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from s3core.errors import InvalidArgument, S3Error
 from s3core.rpc.errors import status_for
+from s3core.rpc.tls import ServerTLS, add_port, server_tls
 from s3core.telemetry.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ class RunningServer:
     port: int
     health: HealthServicer
     service_names: list[str] = field(default_factory=list)
+    tls_mode: str = "plaintext"  # "plaintext", "tls" or "mtls" (s3core.rpc.tls)
 
     async def set_serving(self, serving: bool = True) -> None:
         status = (
@@ -221,6 +223,7 @@ async def start_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
     max_concurrent_rpcs: int = 0,
+    tls: ServerTLS | None = None,
 ) -> RunningServer:
     """Create, register and start an aio server on ``bind`` (``host:port``; port 0 picks one).
 
@@ -230,6 +233,8 @@ async def start_server(
     ``$S3_AUTH_TOKEN_FILE`` configure a token (:mod:`s3core.rpc.auth`), else none.
     ``max_concurrent_rpcs`` > 0: RPCs in flight beyond it are answered ``RESOURCE_EXHAUSTED`` at
     once (grpc's ``maximum_concurrent_rpcs``; health checks count too); 0 = no limit.
+    ``tls`` ``None`` = TLS when ``$S3_TLS_CERT_FILE`` / ``$S3_TLS_KEY_FILE`` (and, for client
+    certificates, ``$S3_TLS_CLIENT_CA_FILE``) configure it, else plaintext (:mod:`s3core.rpc.tls`).
     """
     if max_concurrent_rpcs < 0:
         raise ValueError(f"max_concurrent_rpcs must be >= 0, got {max_concurrent_rpcs}")
@@ -253,10 +258,14 @@ async def start_server(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(bind)
+    tls = tls if tls is not None else server_tls()
+    port = add_port(server, bind, tls)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {bind}")
-    running = RunningServer(server=server, port=port, health=health, service_names=list(service_names))
+    if tls.enabled:
+        logger.info("gRPC on %s with %s", bind, "mTLS (client certificates required)" if tls.mode == "mtls" else "TLS")
+    running = RunningServer(server=server, port=port, health=health, service_names=list(service_names),
+                            tls_mode=tls.mode)
     await running.set_serving(False)
     await server.start()
     return running

@@ -55,7 +55,8 @@ async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_f
     if spec.setup_http is not None:
         spec.setup_http(side)
     side.start()
-    logger.info("%s: gRPC on %s:%d, HTTP on %s:%d; loading", spec.name, host, running.port, host, side.port)
+    logger.info("%s: gRPC (%s) on %s:%d, HTTP on %s:%d; loading", spec.name, running.tls_mode, host, running.port,
+                host, side.port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

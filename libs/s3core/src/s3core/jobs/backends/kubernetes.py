@@ -32,6 +32,7 @@ RAYJOB_CRD = f"{RAY_PLURAL}.{RAY_GROUP}"
 LABEL_JOB_ID = "s3.dev/job-id"
 LABEL_ATTEMPT = "s3.dev/attempt"
 LABEL_KIND = "s3.dev/kind"
+TLS_MOUNT = "/var/run/secrets/s3-tls"
 TIMEOUT_S = 30  # every API call: the reconcile loop never hangs on a slow API server
 
 
@@ -44,6 +45,8 @@ class KubeSettings:
     redis_url: str = ""  # job store URL as pods see it (used when redis_secret is empty)
     redis_secret: str = ""  # "secret:key" holding the job store URL (preferred: keeps passwords out of specs)
     auth_secret: str = ""  # "secret:key" holding the bearer token, exposed to workers as S3_AUTH_TOKEN
+    tls_secret: str = ""  # kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt): workers dial the services over TLS
+    tls_client_auth: bool = False  # mTLS: workers present tls.crt to the services
     store_namespace: str = "s3"  # key namespace of the job store in Redis
     owner: dict[str, str] | None = None  # {apiVersion, kind, name, uid} of the controller's own object
     service_account: str = ""
@@ -91,6 +94,11 @@ def _env(job: JobRecord, spec: JobSpec, settings: KubeSettings) -> list[dict[str
                                  "(--k8s-redis-url or --k8s-redis-secret)")
     if settings.auth_secret:
         env.append({"name": "S3_AUTH_TOKEN", "valueFrom": _secret_ref(settings.auth_secret, "auth secret")})
+    if settings.tls_secret:
+        env.append({"name": "S3_TLS_CA_FILE", "value": f"{TLS_MOUNT}/ca.crt"})
+        if settings.tls_client_auth:
+            env += [{"name": "S3_TLS_CLIENT_CERT_FILE", "value": f"{TLS_MOUNT}/tls.crt"},
+                    {"name": "S3_TLS_CLIENT_KEY_FILE", "value": f"{TLS_MOUNT}/tls.key"}]
     env += [
         {"name": "S3_JOB_ID", "value": job.id},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -145,6 +153,8 @@ def _container(name: str, job: JobRecord, spec: JobSpec, settings: KubeSettings,
         c["command"] = command
     if args:
         c["args"] = args
+    if settings.tls_secret:
+        c["volumeMounts"].append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
     if k.pvc:
         c["volumeMounts"].append({"name": "data", "mountPath": k.mount_path})
         c["workingDir"] = k.mount_path  # relative paths of the spec resolve on the data volume
@@ -164,6 +174,8 @@ def _pod_spec(containers: list[dict[str, Any]], spec: JobSpec, settings: KubeSet
         pod["restartPolicy"] = restart_policy
     if k.pvc:
         pod["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": k.pvc}})
+    if settings.tls_secret:
+        pod["volumes"].append({"name": "tls", "secret": {"secretName": settings.tls_secret, "defaultMode": 0o440}})
     if k.node_selector:
         pod["nodeSelector"] = dict(k.node_selector)
     if k.tolerations:
