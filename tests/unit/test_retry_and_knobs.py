@@ -110,3 +110,42 @@ def test_bad_knobs_are_refused_before_any_rpc():
     pb.retrieve_k = -1
     with pytest.raises(InvalidArgument, match="retrieve_k"):
         search_knobs_from_pb(pb, SearchConfig())
+
+
+def test_overload_is_retried_but_an_oversized_message_is_not() -> None:
+    """RESOURCE_EXHAUSTED from a concurrency cap or a full queue is transient (a ResourceExhausted, which
+    retry layers treat as Unavailable); the same code for a message over the size limit is not."""
+    import grpc
+
+    from s3core.errors import ResourceExhausted, S3Error, Unavailable
+    from s3core.rpc.errors import from_rpc_error, status_for
+
+    class _Err(grpc.RpcError):
+        def __init__(self, code: grpc.StatusCode, details: str) -> None:
+            self._c, self._d = code, details
+
+        def code(self) -> grpc.StatusCode:
+            return self._c
+
+        def details(self) -> str:
+            return self._d
+
+    busy = from_rpc_error(_Err(grpc.StatusCode.RESOURCE_EXHAUSTED, "retriever overloaded"), "Search")
+    assert isinstance(busy, ResourceExhausted) and isinstance(busy, Unavailable)
+    big = from_rpc_error(_Err(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "Received message larger than max (70000000 vs. 67108864)"), "Search")
+    assert isinstance(big, S3Error) and not isinstance(big, Unavailable)
+    assert status_for(ResourceExhausted("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_for(Unavailable("x")) == grpc.StatusCode.UNAVAILABLE
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise busy
+        return "ok"
+
+    from s3core.rpc.retry import RetryPolicy, call_with_retry
+
+    assert call_with_retry(flaky, RetryPolicy(retries=4, backoff_s=0.001, max_backoff_s=0.002), what="Search") == "ok"
+    assert len(calls) == 3

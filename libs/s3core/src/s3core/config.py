@@ -71,6 +71,10 @@ class RetrieverConfig:
     max_query_chars: int = 8192  # longest query accepted
     max_concurrent_rpcs: int = 0  # RPCs in flight beyond it are answered RESOURCE_EXHAUSTED (0 = no limit)
     threads: int = 0  # search threads in bm25s / faiss (0 = library default)
+    # dynamic batching: concurrent Search requests for one index arriving within this window are
+    # coalesced into one backend search (one encoder pass + one faiss search); 0 = off
+    batch_window_ms: float = 2.0
+    batch_max_queries: int = 512  # most queries in one coalesced search (a bigger request runs alone)
 
 
 @dataclass
@@ -276,9 +280,11 @@ class Config:
                 raise ConfigError(f"{svc}.max_concurrent_rpcs must be >= 0 (0 = no limit), "
                                   f"got {getattr(self, svc).max_concurrent_rpcs}")
         r = self.retriever
-        for name in ("max_k", "max_queries", "max_query_chars"):
+        for name in ("max_k", "max_queries", "max_query_chars", "batch_max_queries"):
             if getattr(r, name) < 1:
                 raise ConfigError(f"retriever.{name} must be >= 1, got {getattr(r, name)}")
+        if not 0.0 <= r.batch_window_ms <= 1000.0:
+            raise ConfigError(f"retriever.batch_window_ms must be in [0, 1000] (0 = no batching), got {r.batch_window_ms}")
         for svc in ("retriever", "generator"):
             for p in ("port", "http_port"):
                 v = getattr(getattr(self, svc), p)

@@ -19,6 +19,11 @@ class Unavailable(S3Error):
     """A dependency (service, Redis) cannot be reached right now (gRPC ``UNAVAILABLE``)."""
 
 
+class ResourceExhausted(Unavailable):
+    """The server is overloaded right now (gRPC ``RESOURCE_EXHAUSTED``): transient, so retry layers that
+    retry :class:`Unavailable` retry it too, with their backoff."""
+
+
 class FailedPrecondition(S3Error):
     """The request is well-formed but the system is not in the state it requires, e.g. a rollout that
     expects policy version 3 while version 4 is served (gRPC ``FAILED_PRECONDITION``)."""

@@ -4,7 +4,8 @@ Request ``{"queries": [str, ...], "topk": int, "return_scores": bool, "index": s
 ``{"result": [[{"document": {...}, "score": float}, ...], ...]}`` -- or, with ``return_scores``
 false, each item is the document dict itself.  A document is ``{"id", "title", "text",
 "contents"}`` (``contents`` in the wiki-18 layout Search-R1 parses).  Validation is the gRPC
-Search's; a bad request is answered 400 with the message.
+Search's; a bad request is answered 400 with the message.  Searches are batched with the gRPC ones
+(one queue per index); a full queue is answered 429.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from s3_retriever.servicer import RetrieverCore
 from s3core.errors import InvalidArgument
+from s3core.retrieval.batching import QueueFull
 from s3core.rpc.http import SideServer
 from s3core.types import Doc
 
@@ -51,7 +53,10 @@ def parse_request(body: Any) -> tuple[list[str], int, bool, str]:
 def make_retrieve_handler(core: RetrieverCore):
     def retrieve(body: Any) -> tuple[int, Any]:
         queries, topk, return_scores, index = parse_request(body)
-        _, results = core.search(queries, topk, index)
+        try:
+            _, results = core.search(queries, topk, index)
+        except QueueFull as exc:
+            return 429, {"error": str(exc)}
         if return_scores:
             out = [[{"document": doc_json(d), "score": float(d.score)} for d in docs] for docs in results]
         else:

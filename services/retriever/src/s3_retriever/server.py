@@ -4,6 +4,14 @@ Binds gRPC (``s3.v1.Retriever`` + health + reflection) and the HTTP side-server 
 ``/healthz``, ``POST /retrieve``), loads the index directories in a thread, then reports SERVING
 and writes the ready file.  Config comes from ``--config``/``--preset`` (``retriever.*``), and the
 command-line flags override it.
+
+Sharded indexes (:mod:`s3core.retrieval.shards`): a sharded build's directory (``shards.json``),
+or two or more ``--index`` directories that are shards of one set, are served as one index (one
+shard per local GPU in the GPU profile); one shard directory alone is served as itself, for the
+client-side fan-out over per-shard servers.  A shard
+set that is incomplete or has a shard that fails to load is never served in part: the server logs
+one line naming the shard and the reason, stays up with health NOT_SERVING (``/healthz`` 503, RPCs
+``UNAVAILABLE``) and exits on SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import threading
 from typing import Any
@@ -20,7 +29,8 @@ from s3_retriever.http_shim import setup_http
 from s3_retriever.servicer import SERVICE_NAME, RetrieverCore, RetrieverServicer
 from s3core.config import load_config
 from s3core.errors import S3Error
-from s3core.retrieval import load_index, read_manifest
+from s3core.retrieval import Retriever, load_index
+from s3core.retrieval.shards import ShardSetError, load_shard_set, plan_index_dirs, shard_block
 from s3core.rpc.service_main import ServiceSpec, add_common_args, serve
 from s3core.telemetry.logging import setup_logging
 
@@ -36,17 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(p)
     p.add_argument("--index", action="append", metavar="DIR",
                    help="index directory written by `s3 index build` (repeatable; the first is the default "
+                        "index; a sharded build's directory, or several shards of one set, are served as one "
                         "index; default from config: retriever.index)")
     p.add_argument("--threads", type=int, help="search threads in bm25s / faiss (0 = library default)")
     p.add_argument("--max-k", type=int, help="largest k a request may ask for (config retriever.max_k)")
     p.add_argument("--max-queries", type=int, help="largest query batch (config retriever.max_queries)")
+    p.add_argument("--batch-window-ms", type=float,
+                   help="coalesce concurrent searches arriving within this window (0 = off; config "
+                        "retriever.batch_window_ms)")
+    p.add_argument("--batch-max-queries", type=int,
+                   help="most queries in one coalesced search (config retriever.batch_max_queries)")
     return p
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     r: dict[str, Any] = {}
     for flag, key in (("host", "host"), ("port", "port"), ("http_port", "http_port"), ("threads", "threads"),
-                      ("max_k", "max_k"), ("max_queries", "max_queries")):
+                      ("max_k", "max_k"), ("max_queries", "max_queries"), ("batch_window_ms", "batch_window_ms"),
+                      ("batch_max_queries", "batch_max_queries")):
         value = getattr(args, flag)
         if value is not None:
             r[key] = value
@@ -65,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         dirs = list(args.index or ([rc.index] if rc.index else []))
         if not dirs:
             parser.error("no index: pass --index DIR (or set retriever.index in the config)")
-        for d in dirs:  # fail fast, before binding, on a path that is not an index
-            read_manifest(d)
+        groups = plan_index_dirs(dirs)  # fail fast, before binding, on a path that is not an index
     except S3Error as exc:
         print(f"s3-retriever: error: {exc}", file=sys.stderr)
         return 2
@@ -74,13 +90,35 @@ def main(argv: list[str] | None = None) -> int:
     core = RetrieverCore(rc)
     servicer = RetrieverServicer(core)
     loaded = threading.Event()
+    loop_box: list[asyncio.AbstractEventLoop] = []
 
     def load() -> None:
-        for d in dirs:
-            retriever = load_index(d, threads=rc.threads)
-            core.indexes.add(retriever)
+        ready: list[tuple[Retriever, dict[str, Any] | None, str]] = []
+        try:
+            for g in groups:
+                if g.sharded:
+                    ready.append((load_shard_set(g.dirs, threads=rc.threads, manifests=g.manifests, absent=g.absent),
+                                  None, ", ".join(g.dirs)))
+                else:
+                    ready.append((load_index(g.dirs[0], threads=rc.threads), shard_block(g.manifests[0]), g.dirs[0]))
+        except ShardSetError as exc:
+            for r, _, _ in ready:
+                r.close()
+            core.not_serving_reason = str(exc)
+            logger.error("NOT serving: %s; health stays NOT_SERVING (no partial results)", exc)
+            _park_until_signal(loop_box[0])
+            raise _Stopped from None
+        except BaseException:
+            for r, _, _ in ready:
+                r.close()
+            raise
+        for retriever, shard, where in ready:
+            core.indexes.add(retriever, shard=shard)
             info = retriever.info()
-            logger.info("loaded index %r (%s, %d documents) from %s", info.name, info.backend, info.num_documents, d)
+            what = f", shard {shard['index']} of {shard['count']} (rows {shard['row_start']}..{shard['row_end']})" \
+                if shard else ""
+            logger.info("loaded index %r (%s%s, %d documents) from %s", info.name, info.backend, what,
+                        info.num_documents, where)
         loaded.set()
 
     spec = ServiceSpec(
@@ -92,14 +130,44 @@ def main(argv: list[str] | None = None) -> int:
         setup_http=lambda side: setup_http(core, side),
         max_concurrent_rpcs=rc.max_concurrent_rpcs,
     )
+    async def run() -> None:
+        loop_box.append(asyncio.get_running_loop())
+        await serve(spec, rc.host, rc.port, rc.http_port, args.ready_file)
+
     try:
-        asyncio.run(serve(spec, rc.host, rc.port, rc.http_port, args.ready_file))
+        asyncio.run(run())
+    except _Stopped:
+        return 0  # stopped by a signal while not serving
     except S3Error as exc:
         print(f"s3-retriever: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        core.close()
     return 0
+
+
+class _Stopped(Exception):
+    """Raised by the load thread when a signal ends a server that stayed NOT_SERVING."""
+
+
+def _park_until_signal(loop: asyncio.AbstractEventLoop) -> None:
+    """Block the load thread (so health stays NOT_SERVING) until SIGTERM / SIGINT.
+
+    ``serve`` waits for the load to finish before it listens for its stop event, so the signals
+    are re-routed here; returning lets ``serve`` shut the server down cleanly."""
+    release = threading.Event()
+
+    def reroute() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, release.set)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
+                pass
+
+    loop.call_soon_threadsafe(reroute)
+    release.wait()
 
 
 if __name__ == "__main__":

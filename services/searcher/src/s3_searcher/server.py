@@ -25,7 +25,7 @@ from s3_searcher import metrics
 from s3_searcher.servicer import SERVICE_NAME, SearcherCore, SearcherServicer, make_policy_factory
 from s3core.config import Config, load_config
 from s3core.errors import S3Error
-from s3core.rpc.clients import RetrieverClient
+from s3core.rpc.clients import retriever_client
 from s3core.rpc.retry import RetryingSearch, RetryPolicy
 from s3core.rpc.service_main import ServiceSpec, add_common_args, serve
 from s3core.telemetry.logging import setup_logging
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_args(p)
     p.add_argument("--retriever", metavar="ADDR",
-                   help="retriever service address host:port (required unless searcher.retriever is set)")
+                   help="retriever service address host:port, or host:port,host:port,... for the shard servers "
+                        "of a sharded index (required unless searcher.retriever is set)")
     p.add_argument("--backend", choices=["hf", "openai", "vllm"],
                    help="hf (in-process transformers), openai (an OpenAI-compatible chat endpoint; inference "
                         "only) or vllm (in-process, GPU)")
@@ -69,7 +70,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def build_core(cfg: Config, cache_dir: str | None = None) -> tuple[SearcherCore, RetryingSearch]:
     sc = cfg.searcher
     search = RetryingSearch(
-        lambda: RetrieverClient(sc.retriever, timeout=sc.retriever_timeout_s),
+        lambda: retriever_client(sc.retriever, timeout=sc.retriever_timeout_s),
         RetryPolicy(retries=sc.retriever_retries),
         on_retry=lambda attempt, exc: metrics.RETRIEVAL_RETRIES.inc(),
     )

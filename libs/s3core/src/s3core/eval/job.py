@@ -25,7 +25,7 @@ from s3core.eval.baselines import BASELINE_PROMPT_VERSION, complete_via_generato
 from s3core.eval.methods import TrajectoryCache, get_spec
 from s3core.eval.report import write_outcome, write_summary
 from s3core.eval.runner import evaluate
-from s3core.rpc.clients import GeneratorClient, RetrieverClient, SearcherClient
+from s3core.rpc.clients import GeneratorClient, SearcherClient, retriever_client
 from s3core.runtime.local import LocalStack, require_searcher_installed
 from s3core.types import Question
 
@@ -165,7 +165,7 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
             info = gen.model_info()
             ret = None
             if need_retriever:
-                ret = RetrieverClient(addrs.retriever)
+                ret = retriever_client(addrs.retriever)
                 clients.append(ret)
                 ret.wait_ready()
             complete = None

@@ -161,7 +161,7 @@ def run_precompute(ctx: JobContext) -> None:
     from s3core.eval.job import check_index_dir, load_question_sets, local_services
     from s3core.eval.precompute import precompute
     from s3core.io import write_json
-    from s3core.rpc.clients import GeneratorClient, RetrieverClient
+    from s3core.rpc.clients import GeneratorClient, retriever_client
 
     a, cfg = ctx.spec.args, ctx.spec.config
     sets = load_question_sets(a.questions, a.limit)
@@ -173,7 +173,7 @@ def run_precompute(ctx: JobContext) -> None:
     ctx.progress(0.02, "starting services" if not (a.retriever and a.generator) else "connecting")
     with local_services(cfg, index=a.index, retriever=a.retriever, generator=a.generator,
                         config_path=ctx.config_file()) as addrs:
-        ret, gen = RetrieverClient(addrs.retriever), GeneratorClient(addrs.generator)
+        ret, gen = retriever_client(addrs.retriever), GeneratorClient(addrs.generator)
         try:
             ret.wait_ready()
             gen.wait_ready()

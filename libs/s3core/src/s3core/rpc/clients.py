@@ -24,6 +24,7 @@ from s3core.errors import Unavailable
 from s3core.rpc.auth import with_token
 from s3core.rpc.convert import doc_to_pb, docs_from_pb, question_to_pb, search_knobs_to_pb
 from s3core.rpc.errors import from_rpc_error
+from s3core.rpc.tls import open_channel
 from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
 
@@ -40,8 +41,8 @@ class _Client:
         self.address = address
         self.timeout = timeout
         # sends `authorization: Bearer <token>`: the given token, else the one $S3_AUTH_TOKEN /
-        # $S3_AUTH_TOKEN_FILE configure ("" = none)
-        self.channel = with_token(grpc.insecure_channel(address, options=_OPTIONS), token)
+        # $S3_AUTH_TOKEN_FILE configure ("" = none); TLS when $S3_TLS_CA_FILE is set (s3core.rpc.tls)
+        self.channel = with_token(open_channel(address, options=_OPTIONS), token)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
@@ -93,6 +94,19 @@ class RetrieverClient(_Client):
             return self._stub.ListIndexes(retriever_pb2.ListIndexesRequest(), timeout=self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"retriever {self.address} ListIndexes") from None
+
+
+def retriever_client(address: str, timeout: float = 120.0) -> Any:
+    """The retriever client for an address: :class:`RetrieverClient` for ``host:port``, and for
+    ``host0:port,host1:port,...`` (the shard servers of one sharded index) a
+    :class:`~s3core.rpc.sharded.ShardedRetrieverClient` that fans out and merges.  Empty entries or
+    a repeated entry raise :class:`~s3core.errors.InvalidArgument`."""
+    from s3core.rpc.sharded import ShardedRetrieverClient, parse_retriever_addresses
+
+    addresses = parse_retriever_addresses(address)
+    if len(addresses) == 1:
+        return RetrieverClient(addresses[0], timeout=timeout)
+    return ShardedRetrieverClient(addresses, timeout=timeout)
 
 
 class GeneratorClient(_Client):
@@ -207,7 +221,7 @@ class SearcherClient(_Client):
             raise from_rpc_error(exc, f"searcher {self.address} PolicyInfo") from None
 
 
-__all__ = ["RetrieverClient", "GeneratorClient", "SearcherClient", "common_pb2"]
+__all__ = ["RetrieverClient", "GeneratorClient", "SearcherClient", "common_pb2", "retriever_client"]
 
 
 class LearnerClient(_Client):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from s3core.errors import FailedPrecondition, InvalidArgument, NotFound, S3Error, Unavailable
+from s3core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, S3Error, Unavailable
 
 _TO_CODE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),  # before its base class Unavailable
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 ]
@@ -32,6 +33,9 @@ def from_rpc_error(err: grpc.RpcError, what: str) -> S3Error:
         return NotFound(msg)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return FailedPrecondition(msg)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in (details or ""):
+        # overload (a concurrency cap, a full queue): worth retrying; an oversized message is not
+        return ResourceExhausted(f"{msg} (RESOURCE_EXHAUSTED)")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"{msg} ({code.name})")
     return S3Error(f"{msg} ({code.name if code else 'unknown'})")

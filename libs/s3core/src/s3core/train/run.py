@@ -246,7 +246,7 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
     from s3core.eval.job import check_index_dir, local_services
     from s3core.eval.precompute import make_compute_fn, resolve_setup
     from s3core.reward import RewardComputer
-    from s3core.rpc.clients import GeneratorClient, LearnerClient, RetrieverClient, SearcherClient
+    from s3core.rpc.clients import GeneratorClient, LearnerClient, SearcherClient, retriever_client
     from s3core.rpc.convert import KNOB_FIELDS
     from s3core.train import metrics as train_metrics
     from s3core.train.data import TrainData
@@ -295,7 +295,7 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
         addrs = stack.enter_context(local_services(
             cfg, index=job.index or cfg.retriever.index, retriever=tc.retriever, generator=tc.generator,
             config_path=job.config_path, need_searcher=True, searcher=tc.searcher, searcher_model=model))
-        ret = RetrieverClient(addrs.retriever)
+        ret = retriever_client(addrs.retriever)
         gen = GeneratorClient(addrs.generator)
         searcher = SearcherClient(addrs.searcher, timeout=tc.rollout_timeout_s)
         for c in (ret, gen, searcher):
