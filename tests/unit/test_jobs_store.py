@@ -181,3 +181,17 @@ def test_unreachable_redis_is_unavailable():
         store.get("eval-1")
     with pytest.raises(InvalidArgument):
         JobStore.from_url("")
+
+
+def test_get_many_reads_in_pipelined_chunks_and_skips_missing(store) -> None:
+    from s3core.jobs.model import JobRecord
+
+    ids = []
+    for i in range(7):
+        rec = JobRecord(id=f"eval-{i:08x}", kind="eval", spec_yaml="kind: eval\n")
+        store.create(rec)
+        ids.append(rec.id)
+    asked = [ids[3], "eval-gone", ids[0], *ids[4:]]
+    got = [r.id for r in store.get_many(asked, chunk=2)]
+    assert got == [ids[3], ids[0], *ids[4:]]
+    assert list(store.get_many([])) == []

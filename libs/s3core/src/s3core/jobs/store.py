@@ -21,7 +21,7 @@ reconnects by itself on the next call once Redis is back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -168,6 +168,17 @@ class JobStore:
             raise NotFound(f"no job {job_id!r}")
         return JobRecord.from_hash(h)
 
+    def get_many(self, job_ids: list[str], chunk: int = 500) -> Iterator[JobRecord]:
+        """The jobs of ``job_ids`` in that order, read in pipelined chunks (one round trip per ``chunk``
+        jobs, not one per job); ids that no longer exist are skipped."""
+        for start in range(0, len(job_ids), chunk):
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in job_ids[start:start + chunk]:
+                pipe.hgetall(self.job_key(job_id))
+            for h in self._call("HGETALL", pipe.execute):
+                if h:
+                    yield JobRecord.from_hash(h)
+
     def find_request(self, request_id: str) -> JobRecord | None:
         job_id = self._call("GET", self.r.get, self._req(request_id))
         if not job_id:
@@ -194,22 +205,14 @@ class JobStore:
                 scored[job_id] = score
         ids = sorted(scored, key=lambda i: (-scored[i], i))
         out: list[JobRecord] = []
-        for start in range(0, len(ids), 200):
-            chunk = ids[start:start + 200]
-            pipe = self.r.pipeline(transaction=False)
-            for job_id in chunk:
-                pipe.hgetall(self.job_key(job_id))
-            for h in self._call("HGETALL", pipe.execute):
-                if not h:
-                    continue
-                rec = JobRecord.from_hash(h)
-                if rec.kind not in kinds or rec.state not in states:
-                    continue  # moved since the index was read
-                if any(rec.labels.get(k) != v for k, v in labels.items()):
-                    continue
-                out.append(rec)
-                if limit and len(out) >= limit:
-                    return out
+        for rec in self.get_many(ids, chunk=200):
+            if rec.kind not in kinds or rec.state not in states:
+                continue  # moved since the index was read
+            if any(rec.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(rec)
+            if limit and len(out) >= limit:
+                return out
         return out
 
     def ids_in_state(self, state: str) -> list[str]:
