@@ -56,15 +56,49 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 # --- index ---------------------------------------------------------------------------------------
 
 def cmd_index_build(args: argparse.Namespace) -> int:
+    from s3core.errors import InvalidArgument
     from s3core.retrieval.index import build_index
 
     kwargs: dict[str, Any] = {}
     if args.encoder:
         kwargs["encoder"] = args.encoder
-    manifest = build_index(args.corpus, args.backend, args.out, show_progress=not args.quiet, **kwargs)
-    _console().print(
-        f"[green]built[/green] {manifest['backend']} index of {manifest['num_documents']} documents → {args.out}"
-    )
+    params: dict[str, Any] = {}
+    if args.params:
+        import json
+
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"--params is not valid JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise InvalidArgument("--params must be a JSON object, e.g. '{\"nlist\": 4096}'")
+    flags = {"index_type": args.index_type, "nlist": args.nlist, "pq_m": args.pq_m, "hnsw_m": args.hnsw_m,
+             "ef_search": args.ef_search, "nprobe": args.nprobe, "fp16": True if args.fp16 else None}
+    dense_only = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+    if args.backend != "dense":
+        dense_only += ["--chunk-size"] if args.chunk_size is not None else []
+        if dense_only:
+            raise InvalidArgument(f"{', '.join(dense_only)} appl{'y' if len(dense_only) > 1 else 'ies'} to "
+                                  "--backend dense only")
+    params.update({k: v for k, v in flags.items() if v is not None})
+    if params:
+        kwargs["params"] = params
+    if args.chunk_size is not None:
+        kwargs["chunk_size"] = args.chunk_size
+    manifest = build_index(args.corpus, args.backend, args.out, show_progress=not args.quiet, shards=args.shards,
+                           restart=args.restart, **kwargs)
+    c = _console()
+    build = manifest.get("build") or {}
+    if build.get("chunks_reused"):
+        c.print(f"resumed: reused {build['chunks_reused']} of {build['chunks']} embedded chunks", markup=False)
+    what = f"{manifest['backend']} index"
+    if manifest.get("params", {}).get("index_type"):
+        what = f"{manifest['params']['index_type']} {what}"
+    if manifest.get("shards"):
+        c.print(f"[green]built[/green] {what} of {manifest['num_documents']} documents in {len(manifest['shards'])} "
+                f"shards → {args.out}")
+    else:
+        c.print(f"[green]built[/green] {what} of {manifest['num_documents']} documents → {args.out}")
     return 0
 
 
@@ -189,11 +223,11 @@ def _baseline_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, int]:
 def _baseline_clients(args: argparse.Namespace, cfg: Any) -> Iterator[tuple[Any, Any]]:
     """Retriever and generator clients, to the given addresses or to services started for the run."""
     from s3core.eval.job import local_services
-    from s3core.rpc.clients import GeneratorClient, RetrieverClient
+    from s3core.rpc.clients import GeneratorClient, retriever_client
 
     with local_services(cfg, index=args.index or "", retriever=args.retriever or "", generator=args.generator or "",
                         config_path=args.config or "") as (ret_addr, gen_addr):
-        ret, gen = RetrieverClient(ret_addr), GeneratorClient(gen_addr)
+        ret, gen = retriever_client(ret_addr), GeneratorClient(gen_addr)
         ret.wait_ready()
         gen.wait_ready()
         try:
@@ -415,9 +449,38 @@ def build_parser() -> argparse.ArgumentParser:
     q = isub.add_parser("build", help="build a BM25 or dense index from a FlashRAG-format corpus")
     q.add_argument("--corpus", required=True, help="corpus jsonl ({id, contents} or {id, title, text})")
     q.add_argument("--backend", required=True, choices=["bm25", "dense"])
-    q.add_argument("--out", required=True, help="index directory to write (atomically)")
+    q.add_argument("--out", required=True, help="index directory to write (renamed into place when complete)")
     q.add_argument("--encoder", help="dense encoder (default: embedded all-MiniLM-L6-v2; e.g. intfloat/e5-base-v2)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = q.add_argument_group("dense index type (see docs/scale.md)")
+    g.add_argument("--index-type", choices=["flat", "flat-fp16", "ivf-flat", "ivf-fp16", "ivf-pq", "hnsw", "hnsw-fp16",
+                                            "hnsw-sq8"],
+                   help="faiss index: flat = exact (default), ivf-* = inverted lists (trained on a sample), "
+                        "ivf-pq = compressed codes, hnsw* = graph; all inner product over normalised vectors")
+    g.add_argument("--fp16", action="store_true",
+                   help="store vectors as fp16 (flat → flat-fp16, ivf-flat → ivf-fp16, hnsw → hnsw-fp16): half the memory")
+    g.add_argument("--nlist", type=int, metavar="N",
+                   help="IVF lists (default: the power of two at or below 4·sqrt(documents), at most documents/39)")
+    g.add_argument("--nprobe", type=int, metavar="N",
+                   help="IVF lists searched a query, stored in the manifest and applied at load "
+                        "(default: max(16, nlist/64))")
+    g.add_argument("--pq-m", type=int, metavar="M",
+                   help="ivf-pq: sub-quantisers = bytes a vector; must divide the dimension (default: 64 for 768-d)")
+    g.add_argument("--hnsw-m", type=int, metavar="M", help="hnsw*: graph neighbours a node (default 32)")
+    g.add_argument("--ef-search", type=int, metavar="N",
+                   help="hnsw*: search breadth, stored in the manifest and applied at load (default 128)")
+    g.add_argument("--params", metavar="JSON",
+                   help="more backend parameters as a JSON object, e.g. '{\"train_size\": 500000, "
+                        "\"max_seq_length\": 256}' (the flags above win)")
+    g = q.add_argument_group("large builds")
+    g.add_argument("--shards", type=int, default=1, metavar="N",
+                   help="dense: write N index directories OUT/shard-0000i-of-0000N by contiguous passage range, "
+                        "plus OUT/shards.json (default 1 = one index; bm25 cannot be sharded)")
+    g.add_argument("--chunk-size", type=int, metavar="N",
+                   help="dense: passages embedded and checkpointed at a time in OUT.partial/ (default 50000); "
+                        "a rerun after a kill resumes from the last finished chunk")
+    g.add_argument("--restart", action="store_true",
+                   help="dense: discard OUT.partial/ from an interrupted build and start over")
     q.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("eval", help="evaluate a method on question sets through the services")
@@ -432,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                         " knobs (--preset 8-3-3, config `search:`)")
     p.add_argument("--limit", type=int, default=None, help="first N questions of each file")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--retriever", help="host:port of a running retriever (default: start one)")
+    p.add_argument("--retriever", help="host:port of a running retriever, or host:port,host:port,... for the shard "
+                   "servers of a sharded index (default: start one)")
     p.add_argument("--generator", help="host:port of a running generator (default: start one)")
     p.add_argument("--searcher", help="host:port of a running searcher for the s3 methods (default: start one)")
     p.add_argument("--searcher-model", help="searcher policy model when one is started (default: the service's)")
@@ -471,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--index", help="index directory (when no --retriever is given)")
         q.add_argument("--k", type=int, help="naive-RAG top-k (default: search.initial_k = 3)")
         q.add_argument("--limit", type=int, help="first N questions of each file")
-        q.add_argument("--retriever", help="host:port of a running retriever (default: start one)")
+        q.add_argument("--retriever", help="host:port of a running retriever, or host:port,host:port,... for the shard "
+                       "servers of a sharded index (default: start one)")
         q.add_argument("--generator", help="host:port of a running generator (default: start one)")
         _redis_flags(q)
         _common_config(q)

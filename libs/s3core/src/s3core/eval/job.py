@@ -113,8 +113,11 @@ def local_services(config: Config, *, index: str = "", retriever: str = "", gene
 def check_index_dir(index: str) -> None:
     if not index:
         raise InvalidArgument("--index is required for methods that retrieve (or give --retriever ADDR)")
-    if not (Path(index) / "manifest.json").is_file():
-        raise NotFound(f"{index}: not an index directory (no manifest.json); build one with `s3 index build`")
+    from s3core.retrieval.index import is_index_path
+
+    if not is_index_path(index):
+        raise NotFound(f"{index}: not an index directory (no manifest.json, no shards.json, not a Lucene index); "
+                       "build one with `s3 index build`")
 
 
 def _rollout_fn(searcher: Any, job: EvalJob) -> Any:

@@ -388,7 +388,9 @@ def check_local_paths(spec: JobSpec, workdir: str | Path) -> None:
         p = Path(raw).expanduser()
         p = p if p.is_absolute() else root / p
         if name == "index":
-            if not (p / "manifest.json").is_file():
+            from s3core.retrieval.index import is_index_path
+
+            if not is_index_path(p):
                 raise ConfigError(f"{where}: {raw} is not an index directory (no manifest.json under {p}); "
                                   "build one with `s3 index build` or an index job")
         elif not p.is_file():

