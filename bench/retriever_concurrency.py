@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from load import service  # bench/ is on sys.path when a bench script runs
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -75,29 +77,9 @@ class Server:
 
 @contextlib.contextmanager
 def retriever(index: Path, work: Path, extra: list[str], timeout: float = 300.0) -> Iterator[Server]:
-    work.mkdir(parents=True, exist_ok=True)
-    ready, log = work / "ready.json", work / "service.log"
-    cmd = [sys.executable, "-m", "s3_retriever", "--index", str(index), *extra, "--host", "127.0.0.1",
-           "--port", "0", "--http-port", "0", "--ready-file", str(ready)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "S3_LOG_LEVEL": "WARNING"}
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready.is_file():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"retriever did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.05)
-        time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        yield Server(proc, int(info["grpc_port"]), int(info["http_port"]))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """The real retriever service on loopback (started and stopped as bench/load.py does)."""
+    with service("s3_retriever", ["--index", str(index), *extra], work, timeout) as p:
+        yield Server(p.proc, p.port, p.http_port)
 
 
 @dataclass

@@ -90,6 +90,7 @@ def test_helm_gpu_values_say_what_gpu_paper_says(paper: Config, chart_config: Co
     assert _asdict(c.generator) == _asdict(paper.generator)
     assert _asdict(c.searcher, ("checkpoint_dir",)) == _asdict(paper.searcher, ("checkpoint_dir",))
     assert _asdict(c.learner) == _asdict(paper.learner)
+    assert (c.retriever.device, c.retriever.faiss_gpus) == (paper.retriever.device, paper.retriever.faiss_gpus)
     assert _asdict(c.rl) == _asdict(paper.rl)
     assert _asdict(c.search) == _asdict(paper.search) and _asdict(c.reward) == _asdict(paper.reward)
     for key in ("steps", "batch_size", "save_every", "keep_last"):

@@ -476,3 +476,29 @@ def test_cli_index_build_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str
                  "--chunk-size", "--restart"):
         assert flag in helptext
     assert not (tmp_path / "b").exists() and not os.path.exists(str(out) + ".partial")
+
+
+def test_faiss_gpus_on_a_cpu_faiss_is_a_clear_error() -> None:
+    """retriever.faiss_gpus asks faiss-gpu to spread the index over local GPUs; faiss-cpu (CI, these
+    machines) has none, and the load says so instead of searching on the CPU silently."""
+    import faiss
+
+    from s3core.errors import InvalidArgument
+    from s3core.retrieval.dense import to_gpus
+
+    index = faiss.IndexFlatIP(8)
+    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        pytest.skip("faiss sees a GPU here")
+    with pytest.raises(InvalidArgument, match="faiss-gpu"):
+        to_gpus(index, 1)
+
+
+def test_retriever_gpu_knobs_are_validated() -> None:
+    from s3core.config import ConfigError, load_config
+
+    cfg = load_config(overrides={"retriever": {"device": "cuda:1", "faiss_gpus": -1}})
+    assert cfg.retriever.device == "cuda:1" and cfg.retriever.faiss_gpus == -1
+    with pytest.raises(ConfigError, match="faiss_gpus"):
+        load_config(overrides={"retriever": {"faiss_gpus": -2}})
+    with pytest.raises(ConfigError, match="retriever.device"):
+        load_config(overrides={"retriever": {"device": "gpu0"}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ class RetrieverConfig:
     max_query_chars: int = 8192  # longest query accepted
     max_concurrent_rpcs: int = 0  # RPCs in flight beyond it are answered RESOURCE_EXHAUSTED (0 = no limit)
     threads: int = 0  # search threads in bm25s / faiss (0 = library default)
+    device: str = ""  # dense: where queries are encoded (cpu, cuda, cuda:1; "" = cuda when available)
+    faiss_gpus: int = 0  # dense: 0 = faiss searches in host memory; N = the index split over N local GPUs, -1 = all (faiss-gpu)
     # dynamic batching: concurrent Search requests for one index arriving within this window are
     # coalesced into one backend search (one encoder pass + one faiss search); 0 = off
     batch_window_ms: float = 2.0
@@ -285,6 +288,10 @@ class Config:
                 raise ConfigError(f"retriever.{name} must be >= 1, got {getattr(r, name)}")
         if not 0.0 <= r.batch_window_ms <= 1000.0:
             raise ConfigError(f"retriever.batch_window_ms must be in [0, 1000] (0 = no batching), got {r.batch_window_ms}")
+        if r.faiss_gpus < -1:
+            raise ConfigError(f"retriever.faiss_gpus must be -1 (all GPUs), 0 (CPU) or a GPU count, got {r.faiss_gpus}")
+        if r.device and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", r.device):
+            raise ConfigError(f"retriever.device must be cpu, cuda, cuda:N or mps (or empty), got {r.device!r}")
         for svc in ("retriever", "generator"):
             for p in ("port", "http_port"):
                 v = getattr(getattr(self, svc), p)

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "index; a sharded build's directory, or several shards of one set, are served as one "
                         "index; default from config: retriever.index)")
     p.add_argument("--threads", type=int, help="search threads in bm25s / faiss (0 = library default)")
+    p.add_argument("--device", help="dense: where queries are encoded: cpu, cuda, cuda:N (config retriever.device)")
+    p.add_argument("--faiss-gpus", type=int, metavar="N",
+                   help="dense: spread the faiss index over N local GPUs, -1 = all (needs faiss-gpu; "
+                        "config retriever.faiss_gpus; default 0 = host memory)")
     p.add_argument("--max-k", type=int, help="largest k a request may ask for (config retriever.max_k)")
     p.add_argument("--max-queries", type=int, help="largest query batch (config retriever.max_queries)")
     p.add_argument("--batch-window-ms", type=float,
@@ -62,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     r: dict[str, Any] = {}
     for flag, key in (("host", "host"), ("port", "port"), ("http_port", "http_port"), ("threads", "threads"),
-                      ("max_k", "max_k"), ("max_queries", "max_queries"), ("batch_window_ms", "batch_window_ms"),
+                      ("max_k", "max_k"), ("max_queries", "max_queries"), ("device", "device"),
+                      ("faiss_gpus", "faiss_gpus"), ("batch_window_ms", "batch_window_ms"),
                       ("batch_max_queries", "batch_max_queries")):
         value = getattr(args, flag)
         if value is not None:
@@ -97,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for g in groups:
                 if g.sharded:
-                    ready.append((load_shard_set(g.dirs, threads=rc.threads, manifests=g.manifests, absent=g.absent),
+                    ready.append((load_shard_set(g.dirs, threads=rc.threads, manifests=g.manifests, absent=g.absent,
+                                                 device=rc.device, faiss_gpus=rc.faiss_gpus),
                                   None, ", ".join(g.dirs)))
                 else:
-                    ready.append((load_index(g.dirs[0], threads=rc.threads), shard_block(g.manifests[0]), g.dirs[0]))
+                    ready.append((load_index(g.dirs[0], threads=rc.threads, device=rc.device, faiss_gpus=rc.faiss_gpus),
+                                  shard_block(g.manifests[0]), g.dirs[0]))
         except ShardSetError as exc:
             for r, _, _ in ready:
                 r.close()

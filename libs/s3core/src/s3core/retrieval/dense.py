@@ -75,6 +75,26 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def to_gpus(index: Any, gpus: int, fp16: bool = False) -> Any:
+    """The index split by rows over ``gpus`` local GPUs (-1 = all) with faiss-gpu's multi-GPU cloner
+    (``shard=True``: each GPU holds 1/N of the vectors, results merged by faiss).  Needs faiss-gpu (the
+    ``gpu`` extra); with faiss-cpu, or fewer GPUs than asked for, a clear error."""
+    import faiss
+
+    have = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    if have == 0:
+        raise InvalidArgument("retriever.faiss_gpus is set but this faiss has no GPU support (faiss-cpu, or no "
+                              "visible GPU): install faiss-gpu (`pip install 's3core[gpu]'`) or set faiss_gpus: 0")
+    n = have if gpus == -1 else gpus
+    if n > have:
+        raise InvalidArgument(f"retriever.faiss_gpus is {gpus} but faiss sees {have} GPU(s)")
+    opts = faiss.GpuMultipleClonerOptions()
+    opts.shard = True
+    opts.useFloat16 = fp16
+    logger.info("spreading the faiss index (%d vectors) over %d GPU(s)%s", index.ntotal, n, ", fp16" if fp16 else "")
+    return faiss.index_cpu_to_all_gpus(index, co=opts, ngpu=n)
+
+
 class _Encoder:
     """A SentenceTransformer plus the prefixes; one encode at a time (HF tokenizers are not re-entrant)."""
 
@@ -164,7 +184,7 @@ class DenseRetriever(Retriever):
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike[str], info: IndexInfo, threads: int = 0,
-             device: str | None = None) -> DenseRetriever:
+             device: str | None = None, faiss_gpus: int = 0) -> DenseRetriever:
         """Read ``faiss.index``, check it against the manifest (dimension, vector count) before the
         encoder is loaded, apply the search parameters (``nprobe`` / ``ef_search``), load the encoder."""
         import faiss
@@ -186,6 +206,8 @@ class DenseRetriever(Retriever):
             raise InvalidArgument(f"{fpath} holds {index.ntotal} vectors but manifest.json says "
                                   f"num_documents={info.num_documents}; rebuild it")
         apply_search_params(index, info.params)
+        if faiss_gpus:
+            index = to_gpus(index, faiss_gpus, fp16=bool(info.params.get("fp16")))
         store = DocStore(d)
         qp, pp = default_prefixes(info.encoder)
         model = load_encoder(info.encoder, device=device)

@@ -330,7 +330,8 @@ def index_info(manifest: dict[str, Any]) -> IndexInfo:
     )
 
 
-def load_index(index_dir: str | os.PathLike[str], threads: int = 0, name: str | None = None) -> Retriever:
+def load_index(index_dir: str | os.PathLike[str], threads: int = 0, name: str | None = None, *,
+               device: str | None = None, faiss_gpus: int = 0) -> Retriever:
     """Validate ``index_dir`` and load it.  ``name`` overrides the manifest's name.
 
     Missing directory / manifest → :class:`NotFound`; an unsupported format_version, an unknown
@@ -355,7 +356,10 @@ def load_index(index_dir: str | os.PathLike[str], threads: int = 0, name: str | 
     missing = [f for f in [*STORE_FILES, *cls.required_files()] if not (d / f).is_file()]
     if missing:
         raise InvalidArgument(f"{d}: index is incomplete, missing {', '.join(missing)}; rebuild it")
-    retriever = cls.load(d, info, threads=threads)
+    if info.backend == "dense":
+        retriever = cls.load(d, info, threads=threads, device=device or None, faiss_gpus=faiss_gpus)
+    else:
+        retriever = cls.load(d, info, threads=threads)
     if retriever.num_docs != info.num_documents:
         retriever.close()
         raise InvalidArgument(

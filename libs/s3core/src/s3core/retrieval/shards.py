@@ -390,7 +390,8 @@ def plan_index_dirs(dirs: Sequence[str | os.PathLike[str]]) -> list[IndexGroup]:
 
 def load_shard_set(dirs: Sequence[str | os.PathLike[str]], threads: int = 0,
                    manifests: Sequence[Mapping[str, Any]] | None = None, name: str | None = None,
-                   absent: Sequence[str] = ()) -> ShardedRetriever:
+                   absent: Sequence[str] = (), *, device: str | None = None,
+                   faiss_gpus: int = 0) -> ShardedRetriever:
     """Load the shard directories ``dirs`` (one set, any order) as one :class:`ShardedRetriever`.
 
     Raises :class:`ShardSetError` saying which shard and why when the set is incomplete or
@@ -415,7 +416,7 @@ def load_shard_set(dirs: Sequence[str | os.PathLike[str]], threads: int = 0,
         for d, b in zip(dirs, blocks):
             assert b is not None
             try:
-                loaded.append(load_index(d, threads=threads))
+                loaded.append(load_index(d, threads=threads, device=device, faiss_gpus=faiss_gpus))
             except Exception as exc:  # noqa: BLE001 - any load failure names the shard
                 raise ShardSetError(f"shard {b['index']} of {b['count']} ({d}) failed to load: "
                                     f"{type(exc).__name__}: {exc}") from exc
