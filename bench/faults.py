@@ -55,6 +55,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import build_world, service  # noqa: E402  (bench/load.py)
 
+from s3core.runtime.redis_server import RedisProcess  # noqa: E402
+
 SCENARIOS = ("retriever", "generator", "redis", "fsync")
 
 
@@ -182,65 +184,6 @@ def client_retries(srch: Any) -> float:
 
 # --- Redis ---------------------------------------------------------------------------------------------
 
-class RedisServer:
-    """A real redis-server with AOF (``s3 up``'s command line) on a fixed port and data dir."""
-
-    def __init__(self, data: Path, appendfsync: str = "everysec") -> None:
-        from s3core.runtime.local import free_port
-
-        self.data = data
-        self.data.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.appendfsync = appendfsync
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=30)
-
-    def start(self) -> float:
-        """Start and wait for PONG (the AOF loaded); returns the seconds that took."""
-        import redis
-
-        from s3core.runtime.redis_server import find_redis_server, redis_command
-
-        cmd = redis_command(find_redis_server(), self.port, self.data)
-        cmd[cmd.index("--appendfsync") + 1] = self.appendfsync
-        t0 = time.monotonic()
-        with (self.data / "redis.log").open("ab") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                if self.client().ping():
-                    return time.monotonic() - t0
-            except redis.exceptions.RedisError:  # not listening yet, or still loading the AOF
-                pass
-            if self.proc.poll() is not None or time.monotonic() - t0 > 60:
-                raise SystemExit(f"redis-server did not start:\n{(self.data / 'redis.log').read_text(errors='replace')}")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def shutdown(self) -> None:
-        import redis
-
-        assert self.proc is not None
-        with contextlib.suppress(redis.exceptions.ConnectionError):
-            self.client().shutdown()
-        self.proc.wait(timeout=60)
-
-    def stop(self) -> None:
-        stop_proc(self.proc)
-
-
 def baseline_entries(tag: str, n: int, start: int = 0) -> list[tuple[Any, Any]]:
     """Entries ``start .. start+n-1`` of a synthetic baseline set named ``tag``."""
     from s3core.cache.baseline import BaselineRecord
@@ -285,7 +228,7 @@ def generator_fault(root: Path, w: dict[str, Any], args: argparse.Namespace) -> 
     cfg = root / "precompute.yaml"
     cfg.write_text(yaml.safe_dump({"eval": {"batch_size": args.batch}, "generator": {"max_new_tokens": 32}}))
     questions = load_questions(w["qfile"], limit=args.questions)
-    red = RedisServer(root / "redis-precompute")
+    red = RedisProcess(root / "redis-precompute")
     red.start()
     gen_args = ["--model", str(w["model"]), "--config", str(cfg)]
     gen = None
@@ -383,7 +326,7 @@ def redis_fault(root: Path, w: dict[str, Any], args: argparse.Namespace) -> dict
     from s3core.jobs.client import ControllerClient
     from s3core.rpc.tls import open_channel
 
-    red = RedisServer(root / "redis-controller")
+    red = RedisProcess(root / "redis-controller")
     red.start()
     ctl_args = ["--redis-url", red.url, "--state-dir", str(root / "ctl-state"), "--max-running", "1",
                 "--worker-threads", "1", "--reconcile-interval", "0.25", "--heartbeat-interval", "0.5"]
@@ -514,7 +457,7 @@ def fsync_cost(root: Path, args: argparse.Namespace) -> dict[str, float]:
     out = {}
     entries = baseline_entries("fsync", args.entries)
     for policy in ("everysec", "always"):
-        red = RedisServer(root / f"redis-{policy}", appendfsync=policy)
+        red = RedisProcess(root / f"redis-{policy}", appendfsync=policy)
         red.start()
         try:
             cache = BaselineCache(red.client(), namespace="bench")

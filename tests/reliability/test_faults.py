@@ -42,6 +42,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from s3core.runtime.redis_server import RedisProcess
+
 N_QUESTIONS = 24
 BATCH = 2
 NAMESPACE = "faults"
@@ -97,58 +99,6 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-class RedisProc:
-    """A real redis-server with AOF (the command ``s3 up`` runs) on a fixed port and data dir."""
-
-    def __init__(self, data: Path) -> None:
-        from s3core.runtime.local import free_port
-
-        self.data = data
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=10)
-
-    def start(self) -> None:
-        from s3core.runtime.redis_server import find_redis_server, redis_command
-
-        cmd = redis_command(find_redis_server(), self.port, self.data)
-        assert cmd[cmd.index("--appendonly") + 1] == "yes" and cmd[cmd.index("--appendfsync") + 1] == "everysec"
-        with (self.data / "redis.log").open("ab") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if self.client().ping():
-                    return
-            except redis.exceptions.RedisError:  # not listening yet, or loading the AOF
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start:\n{(self.data / 'redis.log').read_text(errors='replace')}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def shutdown(self) -> None:
-        assert self.proc is not None
-        with contextlib.suppress(redis.exceptions.ConnectionError):
-            self.client().shutdown()
-        assert self.proc.wait(timeout=30) == 0
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 def keyspace(r: redis.Redis) -> dict[bytes, tuple[bytes, Any]]:
@@ -298,10 +248,17 @@ def _serving(target: str) -> bool:
             return False
 
 
+def _clean_shutdown(rp: RedisProcess) -> None:
+    assert rp.shutdown(timeout=30) == 0
+
+
 @pytest.fixture
-def aof_redis(tmp_path: Path) -> Iterator[RedisProc]:
-    rp = RedisProc(tmp_path)
-    rp.start()
+def aof_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A real redis-server with the AOF settings ``s3 up`` and the chart use."""
+    rp = RedisProcess(tmp_path)
+    cmd = rp.command()
+    assert cmd[cmd.index("--appendonly") + 1] == "yes" and cmd[cmd.index("--appendfsync") + 1] == "everysec"
+    rp.start(timeout=30)
     try:
         yield rp
     finally:
@@ -309,7 +266,7 @@ def aof_redis(tmp_path: Path) -> Iterator[RedisProc]:
 
 
 @pytest.mark.timeout(600)
-def test_redis_killed_and_shut_down_under_the_controller(fworld: dict[str, Path], aof_redis: RedisProc,
+def test_redis_killed_and_shut_down_under_the_controller(fworld: dict[str, Path], aof_redis: RedisProcess,
                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     from s3core.cache.baseline import BaselineCache, BaselineRecord
     from s3core.cache.keys import BaselineKey
@@ -357,7 +314,7 @@ def test_redis_killed_and_shut_down_under_the_controller(fworld: dict[str, Path]
             jobs[more] = "succeeded"
             b = entries("b", 500)
             assert BaselineCache(aof_redis.client(), namespace=NAMESPACE).put_many(b) == 500
-            restart_and_check("SHUTDOWN", aof_redis.shutdown, c, jobs)
+            restart_and_check("SHUTDOWN", lambda: _clean_shutdown(aof_redis), c, jobs)
             cache = BaselineCache(aof_redis.client(), namespace=NAMESPACE)
             assert cache.count() == 1000
             assert cache.get(b[-1][0]) == b[-1][1]

@@ -6,12 +6,16 @@ Order: ``$S3_REDIS_SERVER``, then the system ``redis-server`` on PATH, then the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
-from s3core.errors import NotFound
+from s3core.errors import NotFound, Unavailable
 
 
 def find_redis_server() -> str:
@@ -47,7 +51,8 @@ def redis_version(binary: str) -> str:
     return out.strip()
 
 
-def redis_command(binary: str, port: int, data_dir: Path, host: str = "127.0.0.1") -> list[str]:
+def redis_command(binary: str, port: int, data_dir: Path, host: str = "127.0.0.1",
+                  appendfsync: str = "everysec") -> list[str]:
     """Command line for a loopback redis with AOF persistence in ``data_dir``."""
     return [
         binary,
@@ -55,9 +60,78 @@ def redis_command(binary: str, port: int, data_dir: Path, host: str = "127.0.0.1
         "--port", str(port),
         "--dir", str(data_dir),
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", appendfsync,
         "--save", "",
         "--daemonize", "no",
         "--protected-mode", "yes",
         "--loglevel", "warning",
     ]
+
+
+class RedisProcess:
+    """A real redis-server with AOF (the command line ``s3 up`` runs) on a fixed loopback port and data
+    dir, which can be killed, shut down and started again on the same port and data -- for fault tests
+    and benchmarks that restart Redis under a live platform."""
+
+    def __init__(self, data: Path, port: int = 0, appendfsync: str = "everysec") -> None:
+        from s3core.runtime.local import free_port
+
+        self.data = Path(data)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.appendfsync = appendfsync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return redis_command(find_redis_server(), self.port, self.data, appendfsync=self.appendfsync)
+
+    def client(self, socket_timeout: float = 30.0) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=socket_timeout)
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Start and wait for PONG (the AOF loaded); returns the seconds that took."""
+        import redis
+
+        t0 = time.monotonic()
+        with (self.data / "redis.log").open("ab") as fh:
+            self.proc = subprocess.Popen(self.command(), stdout=fh, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                if self.client().ping():
+                    return time.monotonic() - t0
+            except redis.exceptions.RedisError:  # not listening yet, or still loading the AOF
+                pass
+            if self.proc.poll() is not None or time.monotonic() - t0 > timeout:
+                log = (self.data / "redis.log").read_text(errors="replace")[-3000:]
+                raise Unavailable(f"redis-server on port {self.port} did not start:\n{log}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: what an OOM kill or a node loss does to the process."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def shutdown(self, timeout: float = 60.0) -> int:
+        """A clean ``SHUTDOWN``; returns the exit code."""
+        import redis
+
+        assert self.proc is not None
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            self.client().shutdown()
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
