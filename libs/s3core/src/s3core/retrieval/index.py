@@ -87,6 +87,7 @@ def build_index(
             raise InvalidArgument("chunk_size applies to dense builds only (bm25 indexes the corpus in one pass)")
     corpus = Path(corpus_path)
     out = Path(out_dir)
+    check_index_out(out, corpus)  # before the corpus is read or an encoder loaded
     base = {
         "format_version": FORMAT_VERSION,
         "name": name or out.resolve().name,
@@ -120,6 +121,58 @@ def build_index(
         manifest = {**base, "corpus_sha256": sha, "num_documents": n, "params": used}
         write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def _writable_dir(d: Path, what: str) -> None:
+    """``d`` (or, when it does not exist yet, its nearest existing ancestor) is a writable directory."""
+    probe = d
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidArgument(f"{what} {d}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidArgument(f"{what} {d}: {probe} is not writable")
+
+
+def check_index_out(out_dir: str | os.PathLike[str], corpus_path: str | os.PathLike[str] | None = None) -> None:
+    """Refuse an ``--out`` that a build would destroy, before any work.
+
+    Only an existing *index* (a directory with ``manifest.json`` or ``shards.json``) or an empty
+    directory may be replaced.  Anything else -- a file (e.g. ``--corpus`` and ``--out`` swapped), a
+    directory of other files, the current directory or one above it, a directory holding the corpus
+    -- is refused with :class:`InvalidArgument` and left untouched; so is an output whose parent is
+    not a writable directory.
+    """
+    out = Path(out_dir)
+    if not os.fspath(out_dir) or not out.name or out.name in (".", ".."):
+        raise InvalidArgument(f"--out {os.fspath(out_dir)!r} must name the index directory to write, e.g. runs/idx")
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise InvalidArgument(f"--out {out} is the current directory or one above it; give a new directory for the index")
+    if corpus_path is not None:
+        corpus = Path(corpus_path).resolve()
+        if corpus == resolved:
+            raise InvalidArgument(f"--out {out} is the corpus file itself (are --corpus and --out swapped?)")
+        if resolved in corpus.parents:
+            raise InvalidArgument(f"--out {out} holds the corpus {corpus_path}; write the index somewhere else")
+    if out.is_symlink() and not out.exists():
+        raise InvalidArgument(f"--out {out} is a dangling symbolic link; remove it or choose another path")
+    if out.exists():
+        if not out.is_dir():
+            raise InvalidArgument(f"--out {out} is an existing file, not an index directory (are --corpus and --out "
+                                  "swapped?); it was left untouched")
+        if not ((out / MANIFEST).is_file() or (out / SHARDS_FILE).is_file()):
+            try:
+                empty = next(out.iterdir(), None) is None
+            except OSError as exc:
+                raise InvalidArgument(f"--out {out}: cannot list it ({exc})") from None
+            if not empty:
+                raise InvalidArgument(f"--out {out} exists and is not an index directory (no {MANIFEST}); only an "
+                                      "index can be replaced -- choose a new path or remove it yourself")
+    _writable_dir(resolved.parent, "--out")
 
 
 def _is_lucene(index_dir: str | os.PathLike[str]) -> bool:
