@@ -81,7 +81,7 @@ def test_index_build_out_dot_and_bad_parent(world: dict[str, Path], tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
     # the output's parent is a file: refused before the corpus is read (dense: before the encoder loads)
     assert _build(world["corpus"], tmp_path / "keep.txt" / "idx", "dense") == 2
-    assert "is a file, not a directory" in capsys.readouterr().err
+    assert "not a directory" in capsys.readouterr().err
 
 
 def test_index_build_replaces_an_index_and_an_empty_dir(world: dict[str, Path], tmp_path: Path) -> None:
@@ -94,3 +94,69 @@ def test_index_build_replaces_an_index_and_an_empty_dir(world: dict[str, Path], 
     second = json.loads((empty / "manifest.json").read_text())
     assert second["params"]["k1"] == 1.2 and first["params"]["k1"] != 1.2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+# --- 2, 8, 9: inputs and outputs are checked before any service starts -----------------------------
+
+@pytest.fixture()
+def no_services(monkeypatch: Any) -> None:
+    """Starting a service (or Redis) fails the test: every refusal below must come before that."""
+    from s3core.runtime.local import LocalStack
+
+    def refuse(self: Any, *a: Any, **kw: Any) -> Any:
+        raise AssertionError("a service was started before the mistake was found")
+
+    monkeypatch.setattr(LocalStack, "start_service", refuse)
+    monkeypatch.setattr(LocalStack, "start_redis", refuse)
+
+
+def _index(world: dict[str, Path]) -> Path:
+    idx = world["root"] / "idx"
+    if not (idx / "manifest.json").is_file():
+        assert _build(world["corpus"], idx) == 0
+    return idx
+
+
+def test_empty_question_file_is_refused(world: dict[str, Path], tmp_path: Path, no_services: None,
+                                        capsys: Any) -> None:
+    for text in ("", "\n\n"):
+        empty = tmp_path / "nq.dev.jsonl"
+        empty.write_text(text)
+        rc = main(["eval", "--questions", str(world["q1"]), str(empty), "--method", "no-retrieval",
+                   "--out", str(tmp_path / "ev"), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and str(empty) in err and "no questions" in err, err
+    assert not (tmp_path / "ev").exists()
+    rc = main(["precompute", "--questions", str(empty), "--index", str(_index(world)), "--quiet"])
+    assert rc == 2 and "no questions" in capsys.readouterr().err
+
+
+def test_eval_out_is_checked_before_the_services(world: dict[str, Path], tmp_path: Path, no_services: None,
+                                                 capsys: Any) -> None:
+    f = tmp_path / "results.json"
+    f.write_text("keep\n")
+    for out, msg in ((f, "is an existing file"), (f / "sub", "not a directory")):
+        rc = main(["eval", "--questions", str(world["q1"]), "--method", "no-retrieval,naive-rag",
+                   "--index", str(_index(world)), "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and "--out" in err, err
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "naive-rag").write_text("a file where a method's folder goes\n")
+    rc = main(["eval", "--questions", str(world["q1"]), "--method", "no-retrieval,naive-rag",
+               "--index", str(_index(world)), "--out", str(tmp_path / "ev"), "--quiet"])
+    assert rc == 2 and "naive-rag" in capsys.readouterr().err
+    assert f.read_text() == "keep\n"
+    # precompute --summary-out / data filter --out at a directory: refused before Redis or services
+    rc = main(["precompute", "--questions", str(world["q1"]), "--index", str(_index(world)),
+               "--summary-out", str(tmp_path), "--quiet"])
+    assert rc == 2 and "--summary-out" in capsys.readouterr().err
+    rc = main(["data", "filter", "--questions", str(world["q1"]), "--index", str(_index(world)),
+               "--out", str(tmp_path)])
+    assert rc == 2 and "is a directory" in capsys.readouterr().err
+
+
+def test_precompute_k_zero_is_refused_like_eval(world: dict[str, Path], no_services: None, capsys: Any) -> None:
+    for cmd in (["precompute", "--quiet"], ["eval", "--method", "naive-rag", "--out", "unused", "--quiet"]):
+        rc = main([*cmd, "--questions", str(world["q1"]), "--index", str(_index(world)), "--k", "0"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--k must be >= 1" in err, (cmd, err)

@@ -209,14 +209,22 @@ def _cache(args: argparse.Namespace, cfg: Any) -> Any:
 def _baseline_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, int]:
     """Config, question sets, the Redis cache and k of `s3 precompute` / `s3 data filter`; every
     check (files, Redis, index) runs here, before any service starts."""
+    from s3core.errors import InvalidArgument
     from s3core.eval.job import check_index_dir, load_question_sets
+    from s3core.io import check_output_file
 
     cfg = _load_config(args)
     sets = load_question_sets(args.questions, args.limit or 0)
-    cache = _cache(args, cfg)
+    for flag in ("summary_out", "out"):  # precompute --summary-out, data filter --out: checked before any work
+        if getattr(args, flag, None):
+            check_output_file(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    k = cfg.search.initial_k if args.k is None else args.k
+    if k < 1:  # `s3 eval --k 0` is refused too; 0 used to become 3 here in silence
+        raise InvalidArgument(f"--k must be >= 1, got {k}")
     if not args.retriever:
         check_index_dir(args.index or "")
-    return cfg, sets, cache, args.k or cfg.search.initial_k
+    cache = _cache(args, cfg)
+    return cfg, sets, cache, k
 
 
 @contextlib.contextmanager

@@ -1,4 +1,9 @@
-"""Atomic file writing: nothing half-written survives a crash."""
+"""Atomic file writing (nothing half-written survives a crash) and output checks made before work.
+
+Files and directories written here get the modes a plain ``open()`` / ``mkdir()`` would give them
+(``0666`` / ``0777`` minus the umask), not ``tempfile``'s private ``0600`` / ``0700``: results,
+manifests and indexes on a shared volume stay readable by the other users a umask allows.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,48 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from s3core.errors import InvalidArgument
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (setting it races with other threads creating files)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, and restore it at once
+    os.umask(mask)
+    return mask
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """``path`` is an existing directory or can be created as one, in a writable place; else
+    :class:`InvalidArgument` naming ``what``.  Call before any work (services, models, hours of compute)."""
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise InvalidArgument(f"{what} {d} is an existing file, not a directory")
+    probe = d
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidArgument(f"{what} {d}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidArgument(f"{what} {d}: {probe} is not writable")
+    return d
+
+
+def check_output_file(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """``path`` can be written as a file: not a directory, and its folder exists or can be created."""
+    f = Path(path)
+    if f.is_dir():
+        raise InvalidArgument(f"{what} {f} is a directory, not a file")
+    if f.exists() and not os.access(f, os.W_OK):
+        raise InvalidArgument(f"{what} {f} is not writable")
+    check_output_dir(f.parent, what)
+    return f
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
@@ -18,6 +65,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh
             fh.flush()
@@ -51,6 +99,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # as mkdir() would create it, not mkdtemp's 0700
         yield tmp
         old = None
         if target.exists():

@@ -56,7 +56,9 @@ def load_question_sets(paths: Sequence[str], limit: int = 0) -> dict[str, list[Q
     sets: dict[str, list[Question]] = {}
     for p in paths:
         qs = load_questions(p, limit=limit or None)
-        name = qs[0].dataset if qs else Path(p).name.split(".", 1)[0]
+        if not qs:  # scoring it would give GenAcc 0.0 and drag every average down
+            raise InvalidArgument(f"{p}: no questions in the file (it is empty or holds only blank lines)")
+        name = qs[0].dataset
         if name in sets:
             raise InvalidArgument(f"two question files give the dataset name {name!r}: rename one")
         sets[name] = qs
@@ -110,6 +112,19 @@ def local_services(config: Config, *, index: str = "", retriever: str = "", gene
             stack.down()
 
 
+def check_eval_out(out: str, methods: Sequence[str] = ()) -> None:
+    """The output folder of an evaluation can be written: a directory (or creatable), and with several
+    methods none of its per-method entries is a file."""
+    from s3core.io import check_output_dir
+
+    if not out:
+        raise InvalidArgument("--out is required (the folder results are written to)")
+    d = check_output_dir(out, "--out")
+    if len(methods) > 1:
+        for m in methods:
+            check_output_dir(d / m, "--out")
+
+
 def check_index_dir(index: str) -> None:
     if not index:
         raise InvalidArgument("--index is required for methods that retrieve (or give --retriever ADDR)")
@@ -154,6 +169,7 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
     if need_searcher and not job.searcher:
         require_searcher_installed()
     sets = load_question_sets(job.questions, job.limit)
+    check_eval_out(job.out, job.methods)  # before any service starts, not after the whole evaluation
 
     out = Path(job.out)
     results = []

@@ -34,7 +34,7 @@ from s3core import __version__ as S3CORE_VERSION
 from s3core.config import EMBEDDED_ENCODER
 from s3core.data import corpus_sha256, iter_corpus
 from s3core.errors import InvalidArgument, NotFound
-from s3core.io import atomic_dir, write_json
+from s3core.io import atomic_dir, check_output_dir, write_json
 from s3core.retrieval.base import IndexInfo, Retriever
 
 FORMAT_VERSION = 1
@@ -123,19 +123,6 @@ def build_index(
     return manifest
 
 
-def _writable_dir(d: Path, what: str) -> None:
-    """``d`` (or, when it does not exist yet, its nearest existing ancestor) is a writable directory."""
-    probe = d
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InvalidArgument(f"{what} {d}: {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InvalidArgument(f"{what} {d}: {probe} is not writable")
-
-
 def check_index_out(out_dir: str | os.PathLike[str], corpus_path: str | os.PathLike[str] | None = None) -> None:
     """Refuse an ``--out`` that a build would destroy, before any work.
 
@@ -172,7 +159,7 @@ def check_index_out(out_dir: str | os.PathLike[str], corpus_path: str | os.PathL
             if not empty:
                 raise InvalidArgument(f"--out {out} exists and is not an index directory (no {MANIFEST}); only an "
                                       "index can be replaced -- choose a new path or remove it yourself")
-    _writable_dir(resolved.parent, "--out")
+    check_output_dir(resolved.parent, "--out")
 
 
 def _is_lucene(index_dir: str | os.PathLike[str]) -> bool:
