@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,7 +25,7 @@ from s3core.eval.methods import TrajectoryCache, get_spec
 from s3core.eval.report import write_outcome, write_summary
 from s3core.eval.runner import evaluate
 from s3core.rpc.clients import GeneratorClient, SearcherClient, retriever_client
-from s3core.runtime.local import LocalStack, require_searcher_installed
+from s3core.runtime.local import LocalStack, require_searcher_installed, run_state_dir
 from s3core.types import Question
 
 logger = logging.getLogger(__name__)
@@ -95,8 +94,8 @@ def local_services(config: Config, *, index: str = "", retriever: str = "", gene
     if generator and (retriever or not need_retriever) and not start_searcher:
         yield ServiceAddresses(retriever, generator, searcher)
         return
-    with tempfile.TemporaryDirectory(prefix="s3-run-") as tmp:
-        stack = LocalStack(tmp, detach=False)
+    with run_state_dir("s3-run-") as tmp:  # sweeps the state of runs that were killed
+        stack = LocalStack(tmp, detach=False)  # the services die with this process, however it ends
         try:
             if need_retriever and not retriever:
                 logger.info("starting a retriever on loopback for %s", index)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -271,7 +270,7 @@ def _searcher_service(ctx: JobContext) -> Iterator[str]:
     """The searcher address of an infer job: the given one, or a searcher (and a retriever, when no
     address is given) started on loopback for the run."""
     from s3core.eval.job import check_index_dir
-    from s3core.runtime.local import LocalStack, require_searcher_installed
+    from s3core.runtime.local import LocalStack, require_searcher_installed, run_state_dir
 
     a, cfg = ctx.spec.args, ctx.spec.config
     if a.searcher:
@@ -280,7 +279,7 @@ def _searcher_service(ctx: JobContext) -> Iterator[str]:
     require_searcher_installed()
     if not a.retriever:
         check_index_dir(a.index)
-    with tempfile.TemporaryDirectory(prefix="s3-infer-") as tmp:
+    with run_state_dir("s3-infer-") as tmp:
         stack = LocalStack(tmp, detach=False)
         try:
             retriever = a.retriever or stack.start_retriever(a.index, ctx.config_file()).address

@@ -68,7 +68,19 @@ async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_f
 
     stopped = False
     try:
-        await asyncio.to_thread(spec.load)
+        loading = asyncio.ensure_future(asyncio.to_thread(spec.load))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not loading.done():
+            # stopped while loading (`s3 down`, or the parent that started us died): a model load
+            # cannot be interrupted and may take minutes, so leave now instead of after it
+            logger.info("%s: stopped while loading", spec.name)
+            side.stop()
+            if exit_process:
+                logging.shutdown()
+                os._exit(0)
+        stopping.cancel()
+        await loading  # re-raises a load error
         await running.set_serving(True)
         if ready_file:
             write_json(ready_file, {"grpc_port": running.port, "http_port": side.port, "pid": os.getpid()})

@@ -3,25 +3,149 @@
 ``LocalStack`` keeps one JSON record per process under ``<state_dir>/run/`` (pid, ports, command),
 logs under ``<state_dir>/logs/``.  ``s3 up`` / ``s3 down`` / ``s3 status`` are thin wrappers; ``s3 eval``
 uses an ephemeral stack in a temporary state dir when no service addresses are given.
+
+Services of an ephemeral stack (``detach=False``) die with the process that started them, however it
+ends (SIGKILL, the OOM killer, a CI timeout): each child asks the kernel for a parent-death signal
+(``prctl(PR_SET_PDEATHSIG)``) and exits at once if its parent is already gone.  The temporary state dir
+of a run (:func:`run_state_dir`) records its owner; a later run sweeps the dirs whose owner is dead,
+stopping any service still running from one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import importlib.util
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from s3core.config import GeneratorConfig, SearcherConfig
 from s3core.errors import NotFound, S3Error, Unavailable
 from s3core.io import write_json
 from s3core.runtime.redis_server import find_redis_server, redis_command
+
+logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+OWNER_FILE = "owner.json"
+RUN_PREFIXES = ("s3-run-", "s3-infer-")
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()  # loaded in the parent: the child only calls it between fork and exec
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets ``sig`` when its parent dies, and
+    exits at once if the parent died before the request took effect.  Elsewhere than Linux: a no-op."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent is already gone: nothing would deliver the signal
+            os._exit(1)
+
+    return preexec
+
+
+def _start_time(pid: int) -> str:
+    """The kernel's start time of ``pid`` (tells a live process from a later one with a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _owner_alive(owner: dict[str, object]) -> bool:
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = owner.get("start") or ""
+    return not started or not os.path.exists(f"/proc/{pid}") or _start_time(pid) == started
+
+
+def sweep_stale_runs(tmp_root: str | os.PathLike[str] | None = None,
+                     prefixes: tuple[str, ...] = RUN_PREFIXES) -> list[Path]:
+    """Remove the temporary state dirs of runs whose owner process is dead (killed before it could
+    clean up).  A service still running from one is stopped first, but only if it is the process its
+    record names (same kernel start time, or a command line naming that dir): a reused pid is never
+    signalled.  Dirs without an owner record are left alone.
+    Returns the dirs removed."""
+    root = Path(tmp_root or tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = [p for p in root.iterdir() if p.name.startswith(prefixes) and p.is_dir()]
+    except OSError:
+        return removed
+    for d in candidates:
+        try:
+            owner = json.loads((d / OWNER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not ours, or still being set up
+        if not isinstance(owner, dict) or _owner_alive(owner):
+            continue
+        for rec in (d / "run").glob("*.json"):
+            try:
+                r = json.loads(rec.read_text(encoding="utf-8"))
+                pid, started = int(r["pid"]), str(r.get("started") or "")
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if (started and _start_time(pid) == started) or str(d) in _cmdline(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    logger.warning("stopped %s (pid %d), orphaned by a run that died", rec.stem, pid)
+        shutil.rmtree(d, ignore_errors=True)
+        if not d.exists():
+            removed.append(d)
+            logger.info("swept stale run state %s (owner pid %s is gone)", d, owner.get("pid"))
+    return removed
+
+
+@contextlib.contextmanager
+def run_state_dir(prefix: str = "s3-run-") -> Iterator[Path]:
+    """A temporary state dir for the services of one run: stale ones of dead runs are swept first,
+    this one records its owner (pid + start time) and is removed when the block ends."""
+    sweep_stale_runs()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        write_json(Path(tmp) / OWNER_FILE, {"pid": os.getpid(), "start": _start_time(os.getpid())})
+        yield Path(tmp)
 
 
 @dataclass
@@ -31,6 +155,7 @@ class ProcInfo:
     grpc_port: int = 0
     http_port: int = 0
     log: str = ""
+    started: str = ""  # the kernel's start time of pid: a record never names a later process with that pid
 
     @property
     def address(self) -> str:
@@ -98,7 +223,7 @@ class LocalStack:
         self.state_dir = Path(state_dir).resolve()
         self.run_dir = self.state_dir / "run"
         self.log_dir = self.state_dir / "logs"
-        self.detach = detach  # own session: survives the CLI that started it
+        self.detach = detach  # own session, survives the CLI; else dies with the process that started it
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -114,6 +239,8 @@ class LocalStack:
             info = ProcInfo(**json.loads(path.read_text()))
         except (ValueError, TypeError):
             return None
+        if info.started and os.path.exists("/proc/self/stat") and _start_time(info.pid) != info.started:
+            return None  # that process is gone and its pid now belongs to another one
         return info if _alive(info.pid) else None
 
     def status(self) -> list[ProcInfo]:
@@ -137,6 +264,8 @@ class LocalStack:
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             start_new_session=self.detach,
+            # SIGTERM: the service stops cleanly (redis-server too); it is the parent's death, not a stop
+            preexec_fn=None if self.detach else die_with_parent(signal.SIGTERM),
         )
 
     def start_redis(self, port: int = 0) -> ProcInfo:
@@ -147,7 +276,8 @@ class LocalStack:
         data = self.state_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         proc = self._spawn("redis", redis_command(find_redis_server(), port, data))
-        info = ProcInfo("redis", proc.pid, grpc_port=port, log=str(self.log_dir / "redis.log"))
+        info = ProcInfo("redis", proc.pid, grpc_port=port, log=str(self.log_dir / "redis.log"),
+                        started=_start_time(proc.pid))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -175,7 +305,8 @@ class LocalStack:
         proc = self._spawn(name, cmd, env)
         log = str(self.log_dir / f"{name}.log")
         # recorded at once, so `down()` stops a service that is still loading too
-        write_json(self._record(name), ProcInfo(name, proc.pid, log=log).__dict__)
+        started = _start_time(proc.pid)
+        write_json(self._record(name), ProcInfo(name, proc.pid, log=log, started=started).__dict__)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -187,7 +318,7 @@ class LocalStack:
                 except ValueError:
                     time.sleep(0.05)
                     continue
-                info = ProcInfo(name, proc.pid, int(r["grpc_port"]), int(r["http_port"]), log)
+                info = ProcInfo(name, proc.pid, int(r["grpc_port"]), int(r["http_port"]), log, started)
                 write_json(self._record(name), info.__dict__)
                 return info
             time.sleep(0.1)
