@@ -17,7 +17,7 @@ QS = {
         Question("1", "Who wrote Hamlet?", ("William Shakespeare",), "toy"),
         Question("2", "Capital of France?", ("Paris",), "toy"),
         Question("3", "Largest planet?", ("Jupiter",), "toy"),
-        Question("4", "Yes or no?", ("",), "toy"),  # empty gold: matches anything, must be counted
+        Question("4", "Yes or no?", ("",), "toy"),  # empty gold: matches nothing, must be counted
     ]
 }
 CORPUS = {
@@ -57,13 +57,13 @@ def test_naive_rag_scores_and_recall():
     r = out.datasets["toy"]
     assert r.n == 4
     assert r.em == pytest.approx(1 / 4)
-    # Hamlet (EM), Jupiter (span) and the empty gold (matches anything) span-match
-    assert r.span == pytest.approx(3 / 4)
-    assert r.genacc == pytest.approx(3 / 4)
-    assert r.empty_golds == 1
-    # only the one span failure is sent to the judge
-    assert [x[1] for x in judged] == ["Lyon"]
-    assert r.judge_calls == 1
+    # Hamlet (EM) and Jupiter (span) span-match; the empty gold matches nothing (it used to match anything)
+    assert r.span == pytest.approx(2 / 4)
+    assert r.genacc == pytest.approx(2 / 4)
+    assert r.empty_golds == 1 and r.unmatchable == 1
+    # only the span failures are sent to the judge
+    assert [x[1] for x in judged] == ["Lyon", "I don't know"]
+    assert r.judge_calls == 2
     # gold in retrieved docs: Hamlet, Jupiter, and the empty gold? no docs -> False
     assert r.answer_recall_at_k == pytest.approx(2 / 4)
 
@@ -72,7 +72,7 @@ def test_judge_can_rescue_a_span_miss():
     out = evaluate(QS, "naive-rag", answer=answer, judge=lambda items: [True] * len(items), search=search,
                    k=3, show_progress=False)
     assert out.datasets["toy"].genacc == 1.0
-    assert out.datasets["toy"].span == pytest.approx(3 / 4)
+    assert out.datasets["toy"].span == pytest.approx(2 / 4)
 
 
 def test_no_retrieval_has_no_recall_and_sends_no_docs():
@@ -106,7 +106,7 @@ def test_report_files_and_table(tmp_path):
     assert len(preds) == 4 and json.loads(preds[0])["doc_ids"] == ["d1"]
     table = markdown_table([ra, rb])
     assert "| Method | toy | Avg. |" in table
-    assert "| naive-rag | 75.0 (25.0) | 75.0 (25.0) |" in table
+    assert "| naive-rag | 50.0 (25.0) | 50.0 (25.0) |" in table
     # nothing half-written is left next to the results
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]
 
@@ -141,8 +141,8 @@ def test_many_methods_table_png_and_trajectories(tmp_path):
     assert "| Method | toy | other | Avg. |" in table
     for method in ("no-retrieval", "naive-rag", "s3", "s3-no-initial"):
         assert f"| {method} |" in table
-    assert "| s3 | 75.0 (25.0) | – |" in table  # same docs as naive-rag's top-1 here
-    assert "| s3-no-initial | 25.0 (0.0) | – |" in table  # no block 0: closed book; only the empty gold matches
+    assert "| s3 | 50.0 (25.0) | – |" in table  # same docs as naive-rag's top-1 here
+    assert "| s3-no-initial | 0.0 (0.0) | – |" in table  # no block 0: closed book; nothing matches
     png = (tmp_path / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written atomically

@@ -115,9 +115,19 @@ def test_span_tokens() -> None:
     assert span_tokens("") == []
 
 
-def test_empty_gold_matches_everything_and_is_counted() -> None:
-    assert span_match("anything at all", ["the"])
-    assert span_match("", [""])
+def test_empty_gold_matches_nothing_and_is_counted() -> None:
+    # the spec's rule (an empty-normalising gold matches everything) made every prediction right
+    # whenever a multiple-choice gold letter was "A": such a gold is now unmatchable
+    assert not span_match("anything at all", ["the"])
+    assert not span_match("", [""])
+    assert not span_match("A", ["A"])  # "A" is the article: no token left on either side
+    assert not exact_match("", ["---"])
+    assert not exact_match("the", ["a"])
+    assert f1_score("anything", ["the"]) == 0.0
+    assert not answer_in_docs(["A"], ["A patient with a fever"])
+    # a matchable gold next to an empty one still matches
+    assert span_match("Paris, France", ["the", "Paris"])
+    assert exact_match("Paris", ["", "Paris"])
     assert empty_golds(["the", "", "Paris", "!!", "An"]) == 4
     assert empty_golds("a") == 1
     assert empty_golds(["Paris", "Berlin"]) == 0

@@ -137,6 +137,9 @@ def _print_results(results: list[dict[str, Any]], out: str | None = None) -> Non
 def cmd_eval(args: argparse.Namespace) -> int:
     from s3core.eval.job import EvalJob, run_eval_job
 
+    judge_only = args.judge == "only"
+    if judge_only:
+        args.judge = "model"  # the generator judges every row (EvalJob.judge_only)
     cfg = _load_config(args)
     methods: list[str] = []
     for m in args.method:
@@ -147,7 +150,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         retriever=args.retriever or "", generator=args.generator or "", config=cfg,
         config_path=args.config or "", show_progress=not args.quiet,
         searcher=args.searcher or "", searcher_model=args.searcher_model or "", baseline_llm=args.baseline_llm or "",
-        seed=args.seed, ircot_steps=args.ircot_steps,
+        seed=args.seed, ircot_steps=args.ircot_steps, mc=args.mc, judge_only=judge_only,
+        sample=args.sample or 0, sample_seed=args.seed,
     )
     results = run_eval_job(job)
     _print_results(results, args.out)
@@ -431,8 +435,13 @@ def _common_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", action="append", help="config preset, e.g. 8-3-3, embedded, gpu (repeatable)")
 
 
-def _generator_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--judge", choices=["model", "none"], help="GenAcc judge: the generator model, or span match only")
+def _generator_flags(p: argparse.ArgumentParser, judge_only: bool = False) -> None:
+    if judge_only:
+        p.add_argument("--judge", choices=["model", "none", "only"],
+                       help="GenAcc: span match (MC: the chosen option) else the generator as judge (model), span "
+                            "match only (none), or the judge on every row (only: as the reference scores MIRAGE)")
+    else:
+        p.add_argument("--judge", choices=["model", "none"], help="GenAcc judge: the generator model, or span match only")
     p.add_argument("--gen-backend", choices=["hf", "openai", "vllm"], help="generator backend when one is started")
     p.add_argument("--gen-model", help="generator model when one is started (default: embedded SmolLM2-135M)")
     p.add_argument("--gen-base-url", help="OpenAI-compatible endpoint for --gen-backend openai")
@@ -512,10 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host:port of a generator service whose LLM runs deepretrieval / ircot / search-r1"
                         " (e.g. one serving the searcher model; default: the --generator itself)")
     p.add_argument("--ircot-steps", type=int, default=3, help="most chain-of-thought steps of ircot (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="rollout seed for the s3 methods (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="rollout seed for the s3 methods and the --sample seed (default 0)")
+    p.add_argument("--sample", type=int, metavar="N", help="N questions of each file drawn at random with --seed "
+                   "(kept in file order; instead of --limit)")
+    p.add_argument("--mc", choices=["auto", "on", "off"], default="auto",
+                   help="multiple-choice scoring: auto = rows with options (metadata.options, FlashRAG choices, an "
+                        "'Options:' block) are scored by the chosen option; on = every row must have options; "
+                        "off = score every row as open text")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _common_config(p)
-    _generator_flags(p)
+    _generator_flags(p, judge_only=True)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("show", help="render one saved s3 episode (a trajectories.jsonl of `s3 eval`)")

@@ -1,4 +1,11 @@
-"""Answer correctness metrics (spec §4): normalisation, EM, F1, span match, judge parsing, GenAcc."""
+"""Answer correctness metrics (spec §4): normalisation, EM, F1, span match, judge parsing, GenAcc,
+and multiple-choice scoring (the option a prediction chose, :func:`extract_choice`).
+
+A gold that normalises to nothing (``"A"``, ``"the"``, ``"---"``: the article rule and the ASCII
+punctuation rule leave no token) is **unmatchable**: it matches no prediction (EM, span) and no
+document.  The spec's rule (it matched everything) made every prediction correct whenever a
+multiple-choice gold letter was ``A``.  Such golds are counted (:func:`empty_golds`) and reported.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +24,12 @@ __all__ = [
     "exact_match",
     "f1_score",
     "gen_acc",
+    "extract_choice",
     "judge_verdict",
+    "mc_exact",
+    "mc_gold",
     "normalize_answer",
+    "parse_options",
     "span_match",
     "span_tokens",
 ]
@@ -45,9 +56,11 @@ def normalize_answer(s: str) -> str:
 
 
 def exact_match(pred: str, golds: str | Sequence[str]) -> bool:
-    """True if any gold equals the prediction after :func:`normalize_answer`."""
+    """True if any gold equals the prediction after :func:`normalize_answer`.
+
+    A gold that normalises to nothing matches nothing (not even an empty prediction)."""
     p = normalize_answer(pred)
-    return any(normalize_answer(g) == p for g in _as_list(golds))
+    return any((n := normalize_answer(g)) and n == p for g in _as_list(golds))
 
 
 def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
@@ -74,7 +87,7 @@ def span_tokens(s: str) -> list[str]:
 
 def _contains(haystack: list[str], needle: list[str]) -> bool:
     if not needle:
-        return True  # spec: a gold that normalises to nothing matches everything
+        return False  # a gold that normalises to nothing is unmatchable (see the module docstring)
     n = len(needle)
     first = needle[0]
     for i in range(len(haystack) - n + 1):
@@ -86,14 +99,14 @@ def _contains(haystack: list[str], needle: list[str]) -> bool:
 def span_match(pred: str, golds: str | Sequence[str]) -> bool:
     """True if any gold's token list is a contiguous sub-list of the prediction's tokens.
 
-    A gold that normalises to nothing matches everything (see :func:`empty_golds`).
+    A gold that normalises to nothing matches nothing (see :func:`empty_golds`).
     """
     p = span_tokens(pred)
     return any(_contains(p, span_tokens(g)) for g in _as_list(golds))
 
 
 def empty_golds(golds: str | Sequence[str]) -> int:
-    """How many golds normalise to no span tokens (and therefore match any prediction)."""
+    """How many golds normalise to no span tokens (and therefore can never be matched)."""
     return sum(1 for g in _as_list(golds) if not span_tokens(g))
 
 
@@ -134,3 +147,146 @@ def answer_in_docs(golds: str | Sequence[str], docs_texts: Iterable[str]) -> boo
         if any(_contains(d, g) for g in gold_tokens):
             return True
     return False
+
+
+# --- multiple choice --------------------------------------------------------------------------------
+# A multiple-choice question carries its options as an ``Options:`` block in the question text (the
+# MIRAGE / s3 layout: ``stem + "\nOptions:\nA: ...\nB: ...\n"``; the loader writes one for rows that
+# give options another way) and its gold as an option letter.  The prediction is right when the one
+# option it chose is the gold option.  It may name the option by letter in any usual form (``B``,
+# ``(B)``, ``B:``, ``B.``, ``**B**``, "the answer is B", "option B") or by the option's text; a reply
+# that names two different options (``"A: no"`` when A is "yes") or none is wrong.
+
+_OPTIONS_HEADER = re.compile(r"^\s*options\s*:?\s*$", re.IGNORECASE | re.MULTILINE)
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\)?\s*[:.)]\s*(.*?)\s*$")
+
+
+def parse_options(question: str) -> dict[str, str]:
+    """The options of the last ``Options:`` block of a question text, ``{letter: text}`` in order.
+
+    The block is the lines right after an ``Options:`` line of the form ``A: text`` (also ``A.``,
+    ``A)``, ``(A)``); it ends at the first other non-blank line.  Fewer than two options, or a letter
+    given twice, is no block (``{}``)."""
+    heads = list(_OPTIONS_HEADER.finditer(question))
+    if not heads:
+        return {}
+    out: dict[str, str] = {}
+    for line in question[heads[-1].end():].splitlines():
+        if not line.strip():
+            continue
+        m = _OPTION_LINE.match(line)
+        if m is None:
+            break
+        if m.group(1) in out:
+            return {}
+        out[m.group(1)] = m.group(2)
+    return out if len(out) >= 2 else {}
+
+
+def mc_gold(question: str, golds: str | Sequence[str]) -> tuple[dict[str, str], str] | None:
+    """``(options, gold letter)`` when the question is multiple choice: its text has an ``Options:``
+    block and every gold is one letter of it (the same one).  None otherwise."""
+    letters = {g.strip().strip("()").rstrip(":.").strip() for g in _as_list(golds)}
+    if len(letters) != 1:
+        return None
+    options = parse_options(question)
+    letter = next(iter(letters))
+    if not options or letter not in options:
+        return None
+    return options, letter
+
+
+def _letter_class(letters: Iterable[str]) -> str:
+    return "[" + "".join(sorted(letters)) + "]"
+
+
+def _choice_patterns(letters: Sequence[str]) -> tuple[re.Pattern[str], re.Pattern[str], list[re.Pattern[str]]]:
+    up = _letter_class(letters)
+    anyc = _letter_class([c for x in letters for c in (x, x.lower())])
+    lead_in = r"(?:(?:the\s+)?(?:correct\s+|right\s+|best\s+|final\s+)?(?:answer|option|choice)\s*(?:is|would\s+be|:|=)?\s*)?"
+    # the whole reply is one letter, decorated or led in ("B", "(b)", "B.", "Answer: B", "**B**")
+    bare = re.compile(rf"^[\s*\"'`]*{lead_in}(?:option\s+|choice\s+)?[\(\[]?\**\s*({anyc})\s*\**[\)\]]?\s*[:.)]?"
+                      r"[\s.,;:!?*\"'`]*$",
+                      re.IGNORECASE)
+    # a letter marker starting the reply, then text ("B: Kidney", "(B) Kidney", "b) Kidney")
+    lead = re.compile(rf"^[\s*\"'`]*{lead_in}(?:\(({anyc})\)|\[({anyc})\]|\**({up})\**\s*[:.)\]]|({anyc})\)|\**({anyc})\**\s*:)",
+                      re.IGNORECASE)
+    anywhere = [
+        # "the answer is B", "answer: (c)", "option D", "choice b."; a lower-case letter only where it
+        # cannot be the article: in brackets or followed by punctuation / the end
+        re.compile(rf"\b(?:answer|option|choice)\b\s*(?:is|would\s+be|:|=)?\s*(?:option\s+|choice\s+)?"
+                   rf"(?:[\(\[]\**({anyc})\**[\)\]]|\**({up})\**(?![\w'’])|({anyc})(?=\s*(?:[.,;:!)]|$)))",
+                   re.IGNORECASE),
+        re.compile(rf"(?<![\w(])\(({up})\)(?![\w)])"),  # "(B)" in running text, not "poly(A)tail"
+        re.compile(rf"\*\*({up})\*\*"),  # "**B**"
+    ]
+    return bare, lead, anywhere
+
+
+def _letters_named(pred: str, letters: Sequence[str]) -> tuple[set[str], str | None]:
+    """Option letters the reply names, and the reply with a leading letter marker removed (None when
+    the reply is nothing but a letter)."""
+    bare, lead, anywhere = _choice_patterns(letters)
+    text = pred.strip()
+    m = bare.match(text)
+    if m:
+        return {m.group(1).upper()}, None
+    found: set[str] = set()
+    rest = text
+    m = lead.match(text)
+    if m:
+        found.add(next(g for g in m.groups() if g).upper())
+        rest = text[m.end():]
+    for pat in anywhere:
+        for mm in pat.finditer(text):
+            found.add(next(g for g in mm.groups() if g).upper())
+    return found, rest
+
+
+def _raw_tokens(s: str) -> list[str]:
+    """Span tokens without the punctuation and article rules (tells "Rh+ve" from "Rh-ve")."""
+    return [t.lower() for t in _SPAN_TOKEN.findall(unicodedata.normalize("NFD", " ".join(s.lower().split())))]
+
+
+def _texts_named(pred: str, options: dict[str, str]) -> set[str]:
+    """Options whose text the reply contains (span match), without options whose text lies inside
+    another named option's text ("kidney" inside "kidney stone").  Options whose texts normalise
+    alike ("Rh+ve", "Rh-ve") are told apart on their raw tokens; an option whose text is one letter
+    ("A: c") is not looked for (it would be a letter, not a text)."""
+    p = span_tokens(pred)
+    toks = {k: span_tokens(v) for k, v in options.items()}
+    named = {k for k, t in toks.items() if t and not (len(t) == 1 and len(t[0]) == 1 and t[0].isalpha())
+             and _contains(p, t)}
+    same = {k for k in named if any(o != k and toks[o] == toks[k] for o in named)}
+    if same:
+        raw = _raw_tokens(pred)
+        named -= {k for k in same if not _contains(raw, _raw_tokens(options[k]))}
+    return {k for k in named if not any(o != k and toks[o] != toks[k] and _contains(toks[o], toks[k]) for o in named)}
+
+
+def extract_choice(pred: str, options: dict[str, str]) -> str | None:
+    """The one option letter ``pred`` chose, or None when it names no option or more than one.
+
+    Letters count only in the forms listed above (a standalone "a" or "b" in running text is a word,
+    not a choice); option texts count by span match."""
+    if not pred.strip() or not options:
+        return None
+    letters, rest = _letters_named(pred, list(options))
+    if rest is None:  # the reply is one letter
+        return next(iter(letters)) if letters <= set(options) else None
+    named = (letters & set(options)) | _texts_named(pred, options)
+    if letters - set(options):
+        return None  # names a letter that is no option
+    return next(iter(named)) if len(named) == 1 else None
+
+
+def mc_exact(pred: str, options: dict[str, str], gold: str) -> bool:
+    """Multiple-choice EM: the reply is nothing but the gold option -- its letter (in any usual
+    form), its text, or both (``"B: Kidney"``)."""
+    if extract_choice(pred, options) != gold:
+        return False
+    _, rest = _letters_named(pred, list(options))
+    if rest is None:
+        return True
+    r = normalize_answer(rest)
+    return not r or r == normalize_answer(options[gold])

@@ -49,12 +49,17 @@ class EvalJob:
     baseline_llm: str = ""  # host:port of a generator service for the baselines' LLM calls; empty = the generator
     seed: int = 0  # rollout seed (s3 methods)
     ircot_steps: int = 3
+    mc: str = "auto"  # multiple-choice mode: auto (detected from the data) | on | off (s3core.data.io)
+    judge_only: bool = False  # GenAcc = the judge's verdict on every row (`--judge only`)
+    sample: int = 0  # N questions per file drawn at random with sample_seed (0: all, or the first `limit`)
+    sample_seed: int = 0
 
 
-def load_question_sets(paths: Sequence[str], limit: int = 0) -> dict[str, list[Question]]:
+def load_question_sets(paths: Sequence[str], limit: int = 0, *, mc: str = "auto", sample: int = 0,
+                       sample_seed: int = 0) -> dict[str, list[Question]]:
     sets: dict[str, list[Question]] = {}
     for p in paths:
-        qs = load_questions(p, limit=limit or None)
+        qs = load_questions(p, limit=limit or None, mc=mc, sample=sample or None, seed=sample_seed)  # type: ignore[arg-type]
         if not qs:  # scoring it would give GenAcc 0.0 and drag every average down
             raise InvalidArgument(f"{p}: no questions in the file (it is empty or holds only blank lines)")
         name = qs[0].dataset
@@ -167,7 +172,7 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
         check_index_dir(job.index)
     if need_searcher and not job.searcher:
         require_searcher_installed()
-    sets = load_question_sets(job.questions, job.limit)
+    sets = load_question_sets(job.questions, job.limit, mc=job.mc, sample=job.sample, sample_seed=job.sample_seed)
     check_eval_out(job.out, job.methods)  # before any service starts, not after the whole evaluation
 
     out = Path(job.out)
@@ -213,10 +218,11 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
             def judge(items: Any) -> list[bool]:
                 return list(gen.judge(items).correct)
 
-            use_judge = job.config.generator.judge == "model"
+            use_judge = job.config.generator.judge == "model" or job.judge_only
             cache = TrajectoryCache()  # one trajectory per question for every s3 variant of this job
             # the searcher gets up to 32 questions per Rollout, however small the generator's batches
-            options = {"ircot_steps": job.ircot_steps, "rollout_batch_size": max(32, job.config.eval.batch_size)}
+            options = {"ircot_steps": job.ircot_steps, "rollout_batch_size": max(32, job.config.eval.batch_size),
+                       "judge_mode": "only" if job.judge_only else "fallback", "mc": job.mc}
             for spec in specs:
                 method = spec.name
                 outcome = evaluate(
@@ -230,7 +236,8 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
                     "method": method, "k": job.k, "limit": job.limit, "index": job.index,
                     "questions": list(job.questions), "generator_model": info.model,
                     "generator_backend": info.backend, "prompt_version": info.prompt_version,
-                    "judge": job.config.generator.judge, "platform": config_to_dict(job.config),
+                    "judge": "only" if job.judge_only else job.config.generator.judge, "mc": job.mc,
+                    "sample": job.sample, "sample_seed": job.sample_seed, "platform": config_to_dict(job.config),
                 }
                 if spec.needs_llm and llm_info is not None:
                     cfg.update(baseline_llm=job.baseline_llm or addrs.generator, baseline_llm_model=llm_info.model,

@@ -16,7 +16,15 @@ from tqdm.auto import tqdm
 
 from s3core import metrics
 from s3core.config import SearchConfig
-from s3core.eval.methods import CompleteFn, MethodContext, RolloutFn, SearchFn, TrajectoryCache, get_spec
+from s3core.eval.methods import (
+    CompleteFn,
+    MethodContext,
+    MethodSpec,
+    RolloutFn,
+    SearchFn,
+    TrajectoryCache,
+    get_spec,
+)
 from s3core.eval.scoring import score_answers
 from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
@@ -43,6 +51,7 @@ class Prediction:
     answer_in_docs: bool
     answered_by: str = "generator"  # "generator", or "method" when the method answered itself (Search-R1)
     extra: dict[str, Any] = field(default_factory=dict)  # the method's own record (rewritten query, CoT, ...)
+    choice: str | None = None  # multiple-choice rows: the option letter the prediction chose (None: none or two)
 
 
 @dataclass
@@ -53,12 +62,17 @@ class DatasetResult:
     f1: float = 0.0
     span: float = 0.0
     answer_recall_at_k: float | None = None
-    empty_golds: int = 0  # golds that normalise to nothing (they span-match anything; spec §4)
+    empty_golds: int = 0  # golds that normalise to nothing: they can never match (s3core.metrics)
+    unmatchable: int = 0  # questions whose every gold normalises to nothing (only a judge can accept them)
     judge_calls: int = 0
+    mc: int = 0  # questions scored as multiple choice
+    mc_accuracy: float | None = None  # share of those whose chosen option is the gold one (None: no MC rows)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["answer_recall@k"] = d.pop("answer_recall_at_k")
+        if not self.mc:
+            del d["mc"], d["mc_accuracy"]
         return d
 
 
@@ -103,14 +117,20 @@ def evaluate(
     search_config: SearchConfig | None = None,
     trajectory_cache: TrajectoryCache | None = None,
     options: dict[str, Any] | None = None,
+    method_spec: MethodSpec | None = None,
 ) -> EvalOutcome:
-    """Evaluate ``method`` on each dataset.  ``judge=None`` scores GenAcc by span match only.
+    """Evaluate ``method`` on each dataset.  ``judge=None`` scores GenAcc by span match only;
+    ``options["judge_mode"] = "only"`` makes GenAcc the judge's verdict on every row, and
+    ``options["mc"] = "off"`` scores multiple-choice rows as open text (s3core.eval.scoring).
+    ``method_spec`` runs a method that is not registered (``s3 score``'s given predictions).
 
     ``complete`` (the baseline LLM), ``rollout`` (s3 episodes) and ``search_config`` are only needed
     by the methods that use them.  Pass the same ``trajectory_cache`` to several s3 variants to
     evaluate them on the same trajectories.
     """
-    spec = get_spec(method)
+    spec = method_spec if method_spec is not None else get_spec(method)
+    judge_mode = str((options or {}).get("judge_mode", "fallback"))
+    mc = (options or {}).get("mc", "auto") != "off"
     if spec.needs_retriever and search is None:
         raise ValueError(f"method {method!r} needs a retriever")
     if spec.needs_llm and complete is None:
@@ -128,6 +148,7 @@ def evaluate(
     for dataset, qs in questions.items():
         res = DatasetResult()
         recall_hits = 0
+        mc_hits = 0
         ctx.upcoming = qs
         for batch in _chunks(qs, batch_size):
             outs = spec.fn(batch, ctx)
@@ -139,21 +160,30 @@ def evaluate(
                 generated = answer([(batch[i].question, outs[i].docs) for i in to_answer])
                 for i, p in zip(to_answer, generated):
                     preds[i] = p
-            scores = score_answers([(q.question, p, q.golden_answers) for q, p in zip(batch, preds)], judge)
+            scores = score_answers([(q.question, p, q.golden_answers) for q, p in zip(batch, preds)], judge,
+                                   judge_mode=judge_mode, mc=mc)
             res.judge_calls += sum(sc.judge is not None for sc in scores)
             rows: list[Prediction] = []
             for q, o, p, sc in zip(batch, outs, preds, scores):
                 d = o.docs
                 golds = list(q.golden_answers)
-                in_docs = metrics.answer_in_docs(golds, [f"{x.title}\n{x.text}" for x in d]) if d else False
+                mcg = metrics.mc_gold(q.question, golds) if sc.mc else None
+                look_for = [mcg[0][mcg[1]]] if mcg is not None else golds  # MC: the gold option's text
+                in_docs = metrics.answer_in_docs(look_for, [f"{x.title}\n{x.text}" for x in d]) if d else False
                 recall_hits += int(in_docs)
-                res.empty_golds += metrics.empty_golds(golds)
+                if not sc.mc:
+                    empty = metrics.empty_golds(golds)
+                    res.empty_golds += empty
+                    res.unmatchable += int(empty == len(golds))
                 rows.append(Prediction(
                     dataset=dataset, id=q.id, question=q.question, golden_answers=golds, prediction=p,
                     doc_ids=[x.id for x in d], em=sc.em, f1=sc.f1, span=sc.span, judge=sc.judge, genacc=sc.genacc,
                     answer_in_docs=in_docs, answered_by="generator" if o.answer is None else "method",
-                    extra=dict(o.extra),
+                    extra=dict(o.extra), choice=sc.choice if sc.mc else None,
                 ))
+                if sc.mc:
+                    res.mc += 1
+                    mc_hits += int(sc.span)
                 if o.trajectory is not None:
                     outcome.trajectories.append((dataset, q.id, o.trajectory, [x.id for x in d]))
             outcome.predictions.extend(rows)
@@ -167,6 +197,8 @@ def evaluate(
             res.f1 = sum(p.f1 for p in ds_rows) / n
             res.span = sum(p.span for p in ds_rows) / n
             res.answer_recall_at_k = recall_hits / n if spec.uses_docs else None
+        if res.mc:
+            res.mc_accuracy = mc_hits / res.mc
         outcome.datasets[dataset] = res
     bar.close()
     outcome.seconds = time.perf_counter() - start
