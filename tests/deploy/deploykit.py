@@ -48,6 +48,9 @@ class Rendered:
         self.objects: list[dict[str, Any]] = data["objects"]
         self.helm: str = data["helm"]
         self.docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(self.manifest) if d]
+        # hook objects (the `helm test` ConfigMap and Pod): rendered, not installed
+        self.hooks: list[dict[str, Any]] = [d for h in data.get("hooks", []) for d in yaml.safe_load_all(h["manifest"])
+                                            if d]
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [d for d in self.docs if d["kind"] == kind]

@@ -396,7 +396,11 @@ def render(chart: str, values: dict[str, Any], release: str = "s3", namespace: s
                 release, str(Path(chart).resolve()), values=values, wait=False, timeout=60,
                 disable_openapi_validation=True))
         release_obj = result.get("release", result) if isinstance(result, dict) else {}
-        return {"manifest": release_obj.get("manifest", ""),
+        # hooks (the `helm test` pod) are not in the manifest and are not sent on install: kept apart
+        hooks = [{"name": h.get("name", ""), "kind": h.get("kind", ""), "path": h.get("path", ""),
+                  "events": h.get("events", []), "manifest": h.get("manifest", "")}
+                 for h in release_obj.get("hooks") or []]
+        return {"manifest": release_obj.get("manifest", ""), "hooks": hooks,
                 "notes": (release_obj.get("info") or {}).get("notes", ""),
                 "objects": api.created(), "requests": len(api.requests),
                 "helm": _helm_version(), "result_keys": sorted(result) if isinstance(result, dict) else []}

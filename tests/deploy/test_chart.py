@@ -150,8 +150,11 @@ def test_workloads_are_locked_down_and_probed(profile: str, profile_render: Call
         dep = r.deployment(component)
         (c,) = dep["spec"]["template"]["spec"]["containers"]
         grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        for probe in ("startupProbe", "readinessProbe"):
             assert c[probe]["grpc"] == {"port": grpc_port, "service": ""}, f"{component} {probe}"
+        # liveness: the process answers, whatever its dependencies (test_chart_semantics.py)
+        http_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
+        assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": http_port}, component
         # the service binds every address inside the pod, on the ports the probes and Services use
         args = c["args"]
         assert "--host=0.0.0.0" in args and f"--port={grpc_port}" in args
@@ -347,7 +350,7 @@ def test_each_shard_serves_its_own_shard_directory(sharded: Rendered) -> None:
         data = next(m for m in c["volumeMounts"] if m["name"] == "data")
         assert data["mountPath"] == "/data" and data["readOnly"] is True
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 and c["image"].startswith("s3-platform-cuda:")
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        for probe in ("startupProbe", "readinessProbe"):
             assert c[probe]["grpc"] == {"port": 50051, "service": ""}, (name, probe)
         assert {"--port=50051", "--http-port=8051", "--host=0.0.0.0"} <= set(c["args"])
 
@@ -606,7 +609,8 @@ def test_tls_mounts_the_secret_and_probes_over_http(client_auth: bool, render: C
         http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert "grpc" not in c[probe], (component, probe)  # kubelet's grpc probes cannot speak TLS
-            assert c[probe]["httpGet"] == {"path": "/healthz", "port": http}
+            path = "/metrics" if probe == "livenessProbe" else "/healthz"
+            assert c[probe]["httpGet"] == {"path": path, "port": http}
     (c,) = r.deployment("controller")["spec"]["template"]["spec"]["containers"]
     args = _parser("controller").parse_args(_expand(c["args"], {e["name"]: "x" for e in c["env"]}))
     assert args.k8s_tls_secret == "s3-tls" and args.k8s_tls_client_auth is client_auth

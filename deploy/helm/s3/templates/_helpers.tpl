@@ -176,6 +176,16 @@ grpc:
 {{- end }}
 {{- end }}
 
+{{/* Liveness: the HTTP side-server answers /metrics whatever the health status (dependencies down included). */}}
+{{- define "s3.livenessProbe" -}}
+httpGet:
+  path: /metrics
+  port: {{ .http }}
+{{- with .timing }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "s3.httpProbe" -}}
 httpGet:
   path: /healthz
@@ -332,4 +342,74 @@ httpGet:
 as a string; a mantissa with a dot (1.0e-06) is a float in both. */}}
 {{- define "s3.toYaml" -}}
 {{- regexReplaceAll "(?m)^(\\s*(?:[^\\s:#][^:#]*:|-)\\s+)(-?[0-9]+)([eE][-+][0-9]+)$" (toYaml .) "${1}${2}.0${3}" }}
+{{- end }}
+
+{{/* Scheduling ---------------------------------------------------------------------------------------- */}}
+
+{{/* A label selector of a spread constraint or pod (anti-)affinity term, scoped to this release: a selector that
+picks platform pods by app.kubernetes.io/component (as the profiles' do) gets app.kubernetes.io/instance too, so two
+releases in one namespace neither spread against nor attract each other's pods.  Selectors of anything else are
+left as they are.  (dict "root" $ "selector" SELECTOR) -> nothing; SELECTOR is changed in place. */}}
+{{- define "s3.scopeSelector" -}}
+{{- $ml := .selector.matchLabels | default dict }}
+{{- if and (hasKey $ml "app.kubernetes.io/component") (not (hasKey $ml "app.kubernetes.io/instance")) }}
+{{- $_ := set $ml "app.kubernetes.io/instance" .root.Release.Name }}
+{{- $_ := set .selector "matchLabels" $ml }}
+{{- end }}
+{{- end }}
+
+{{/* (dict "root" $ "spec" COMPONENT-VALUES) -> the pod's affinity as YAML ("" = none): spec.affinity with its
+pod (anti-)affinity selectors scoped to the release, and the GPU node requirements of spec.gpuNode (GPU feature
+discovery's labels: nvidia.com/gpu.count, nvidia.com/gpu.memory in MiB, optionally nvidia.com/gpu.product) added to
+every required node selector term (terms are ORed, so each must carry them). */}}
+{{- define "s3.affinity" -}}
+{{- $root := .root }}
+{{- $aff := deepCopy (.spec.affinity | default dict) }}
+{{- range $kind := list "podAffinity" "podAntiAffinity" }}
+{{- with index $aff $kind }}
+{{- range (get . "requiredDuringSchedulingIgnoredDuringExecution" | default list) }}
+{{- with .labelSelector }}{{ include "s3.scopeSelector" (dict "root" $root "selector" .) }}{{ end }}
+{{- end }}
+{{- range (get . "preferredDuringSchedulingIgnoredDuringExecution" | default list) }}
+{{- with (.podAffinityTerm | default dict).labelSelector }}{{ include "s3.scopeSelector" (dict "root" $root "selector" .) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $g := .spec.gpuNode | default dict }}
+{{- $exprs := list }}
+{{- if gt (int ($g.minCount | default 0)) 1 }}
+{{- $exprs = append $exprs (dict "key" "nvidia.com/gpu.count" "operator" "Gt" "values" (list (toString (sub (int $g.minCount) 1)))) }}
+{{- end }}
+{{- if gt (int ($g.minMemoryMiB | default 0)) 0 }}
+{{- $exprs = append $exprs (dict "key" "nvidia.com/gpu.memory" "operator" "Gt" "values" (list (toString (sub (int $g.minMemoryMiB) 1)))) }}
+{{- end }}
+{{- with $g.products }}
+{{- $exprs = append $exprs (dict "key" "nvidia.com/gpu.product" "operator" "In" "values" .) }}
+{{- end }}
+{{- if $exprs }}
+{{- $na := get $aff "nodeAffinity" | default dict }}
+{{- $req := get $na "requiredDuringSchedulingIgnoredDuringExecution" | default dict }}
+{{- $terms := get $req "nodeSelectorTerms" | default list }}
+{{- if not $terms }}{{ $terms = list (dict) }}{{ end }}
+{{- $out := list }}
+{{- range $terms }}
+{{- $t := deepCopy . }}
+{{- $_ := set $t "matchExpressions" (concat (get $t "matchExpressions" | default list) $exprs) }}
+{{- $out = append $out $t }}
+{{- end }}
+{{- $_ := set $req "nodeSelectorTerms" $out }}
+{{- $_ := set $na "requiredDuringSchedulingIgnoredDuringExecution" $req }}
+{{- $_ := set $aff "nodeAffinity" $na }}
+{{- end }}
+{{- if $aff }}{{ toYaml $aff }}{{ end }}
+{{- end }}
+
+{{/* (dict "root" $ "spec" VALUES) -> spec.topologySpreadConstraints as YAML, selectors scoped to the release. */}}
+{{- define "s3.spread" -}}
+{{- $root := .root }}
+{{- $out := deepCopy (.spec.topologySpreadConstraints | default list) }}
+{{- range $out }}
+{{- with .labelSelector }}{{ include "s3.scopeSelector" (dict "root" $root "selector" .) }}{{ end }}
+{{- end }}
+{{- if $out }}{{ toYaml $out }}{{ end }}
 {{- end }}
