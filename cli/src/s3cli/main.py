@@ -616,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_cli.add_parser(sub)
 
+    from s3cli import score as score_cli
+
+    score_cli.add_parser(sub)
+
     p = sub.add_parser("serve", help="run one service in the foreground (as in a container)")
     p.add_argument("service", choices=["retriever", "generator", "searcher", "learner", "controller"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the service's own flags (see s3 serve SERVICE --help)")

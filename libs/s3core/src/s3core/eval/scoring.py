@@ -6,7 +6,8 @@ Multiple-choice rows (the question text ends with an ``Options:`` block and the 
 letters, :func:`s3core.metrics.mc_gold`) are scored by the option the prediction chose
 (:func:`s3core.metrics.extract_choice`): ``choice`` is that letter (None: no option or two),
 ``span`` is ``choice == gold``, ``em`` is "the reply is nothing but the gold option"
-(:func:`s3core.metrics.mc_exact`), ``f1`` is token F1 against the gold option's text (1.0 on EM),
+(:func:`s3core.metrics.mc_exact`), ``f1`` is token F1 against the gold option's text when the choice
+is right (1.0 on EM) and 0 when it is wrong (the text "no" after a wrong letter earns nothing),
 and the judge, when asked, sees the question with its options and the gold option line
 (``"B: text"``).
 
@@ -48,8 +49,8 @@ def score_one(question: str, pred: str, golds: Sequence[str], mc: bool = True) -
         options, gold = m
         choice = metrics.extract_choice(pred, options)
         em = metrics.mc_exact(pred, options, gold)
-        f1 = 1.0 if em else metrics.f1_score(pred, [options[gold]])
         ok = choice == gold
+        f1 = 1.0 if em else metrics.f1_score(pred, [options[gold]]) if ok else 0.0
         return Score(em=em, f1=f1, span=ok, judge=None, genacc=ok, mc=True, choice=choice), [f"{gold}: {options[gold]}"]
     span = metrics.span_match(pred, gold_list)
     return Score(em=metrics.exact_match(pred, gold_list), f1=metrics.f1_score(pred, gold_list), span=span,
