@@ -6,6 +6,17 @@ false, each item is the document dict itself.  A document is ``{"id", "title", "
 "contents"}`` (``contents`` in the wiki-18 layout Search-R1 parses).  Validation is the gRPC
 Search's; a bad request is answered 400 with the message.  Searches are batched with the gRPC ones
 (one queue per index); a full queue is answered 429.
+
+What Search-R1's own training loop sends, answered as its client expects (it reads ``result``):
+
+* ``"queries": []`` → ``{"result": []}``;
+* an empty or blank query (a turn whose ``<search>`` was empty) → ``[]`` in its place, the others
+  served;
+* more queries than ``retriever.max_queries`` (its default GRPO batch is 2,560) → split into
+  chunks of that size internally and answered as one response;
+* a BM25 index returns fewer than ``topk`` hits when fewer documents share a term with the query:
+  documents that scored 0 are not padded in (bm25s ranks every document, so the gRPC ``Search``
+  still returns them).
 """
 
 from __future__ import annotations
@@ -50,11 +61,42 @@ def parse_request(body: Any) -> tuple[list[str], int, bool, str]:
     return queries, topk, return_scores, index
 
 
+def _no_zero_hits(results: list[list[Doc]]) -> list[list[Doc]]:
+    """BM25: drop documents that scored 0 (they share no term with the query; only padding)."""
+    return [[d for d in docs if d.score > 0.0] for docs in results]
+
+
+def retrieve(core: RetrieverCore, queries: list[str], topk: int, index: str = "") -> list[list[Doc]]:
+    """Search-R1 semantics over :meth:`RetrieverCore.search` (module docstring)."""
+    if not queries:
+        core.validate(["x"], topk)  # topk is still checked
+        core._index(index)  # and the index (or 404 / 503)
+        return []
+    live = [i for i, q in enumerate(queries) if q.strip()]
+    results: list[list[Doc]] = [[] for _ in queries]
+    if not live:
+        core.validate(["x"], topk)
+        core._index(index)
+        return results
+    step = max(1, core.cfg.max_queries)
+    backend = ""
+    for start in range(0, len(live), step):
+        chunk = live[start : start + step]
+        name, found = core.search([queries[i] for i in chunk], topk, index)
+        if not backend:
+            backend = core.indexes.get(name).info().backend
+        if backend == "bm25":
+            found = _no_zero_hits(found)
+        for i, docs in zip(chunk, found):
+            results[i] = docs
+    return results
+
+
 def make_retrieve_handler(core: RetrieverCore):
-    def retrieve(body: Any) -> tuple[int, Any]:
+    def handle(body: Any) -> tuple[int, Any]:
         queries, topk, return_scores, index = parse_request(body)
         try:
-            _, results = core.search(queries, topk, index)
+            results = retrieve(core, queries, topk, index)
         except QueueFull as exc:
             return 429, {"error": str(exc)}
         if return_scores:
@@ -63,7 +105,7 @@ def make_retrieve_handler(core: RetrieverCore):
             out = [[doc_json(d) for d in docs] for docs in results]
         return 200, {"result": out}
 
-    return retrieve
+    return handle
 
 
 def setup_http(core: RetrieverCore, side: SideServer) -> None:
