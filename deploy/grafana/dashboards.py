@@ -4,7 +4,8 @@ where the chart turns each into a ConfigMap for the Grafana sidecar (label ``gra
 Every expression uses only metrics the services export (``grpc_server_*`` from s3core.telemetry, each
 service's ``s3_<service>_*``, ``s3_train_*`` from the learner, and the ``process_*`` metrics of
 prometheus_client) and filters on ``namespace=~"$namespace"`` (an empty label matches too, so the queries
-also work outside Kubernetes).  tests/deploy/test_dashboards_live.py runs every expression against a real
+also work outside Kubernetes) and on ``job=~"$job"``, the jobs that export an ``s3_`` metric (a shared namespace's
+other workloads stay out of every panel).  tests/deploy/test_dashboards_live.py runs every expression against a real
 Prometheus that scraped the real services, and requires data back.
 
     python deploy/grafana/dashboards.py deploy/helm/s3/dashboards        # write
@@ -21,6 +22,12 @@ from typing import Any
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 NS = 'namespace=~"$namespace"'
+# the platform's jobs: every target with an s3_ metric ($job, All = those jobs), so a shared namespace's other
+# workloads (their gRPC and process metrics) never leak into a panel
+JOB = 'job=~"$job"'
+# a window for events that happen once per RL step (an Update, a Rollout): a rate over $__rate_interval is NaN
+# between two steps
+SPARSE = "1h"
 RI = "$__rate_interval"
 OK = 'grpc_code="OK"'
 SCHEMA_VERSION = 39
@@ -28,7 +35,7 @@ WIDTH = 24
 
 
 def _sel(extra: str = "") -> str:
-    return "{" + ",".join(x for x in (NS, extra) if x) + "}"
+    return "{" + ",".join(x for x in (NS, JOB, extra) if x) + "}"
 
 
 def m(metric: str, extra: str = "") -> str:
@@ -52,10 +59,10 @@ def increase(metric: str, extra: str = "", by: str = "", window: str = "$__range
     return f"sum{grp} (increase({metric}{_sel(extra)}[{window}]))"
 
 
-def quantile(q: float, hist: str, extra: str = "", by: str = "") -> str:
+def quantile(q: float, hist: str, extra: str = "", by: str = "", window: str = RI) -> str:
     """``histogram_quantile(q, sum by (le[, by]) (rate(hist_bucket{...}[$__rate_interval])))``"""
     grp = ", ".join(x for x in (by, "le") if x)
-    return f"histogram_quantile({q}, sum by ({grp}) (rate({hist}_bucket{_sel(extra)}[{RI}])))"
+    return f"histogram_quantile({q}, sum by ({grp}) (rate({hist}_bucket{_sel(extra)}[{window}])))"
 
 
 def mean_of(hist: str, extra: str = "", by: str = "") -> str:
@@ -110,6 +117,15 @@ def row(title: str) -> dict[str, Any]:
     return {"type": "row", "title": title, "collapsed": False, "panels": [], "_w": WIDTH, "_h": 1}
 
 
+def job_var() -> dict[str, Any]:
+    """The platform's jobs in the chosen namespaces: those that export an s3_ metric.  All = exactly these (Grafana
+    joins the listed values into a regex), never `.*`."""
+    q = 'label_values({__name__=~"s3_.+", namespace=~"$namespace"}, job)'
+    return {"name": "job", "label": "job", "type": "query", "datasource": DS,
+            "query": {"query": q, "refId": "job"}, "definition": q, "refresh": 2, "includeAll": True,
+            "multi": True, "sort": 1, "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
+
+
 def namespace_var(metric: str) -> dict[str, Any]:
     return {"name": "namespace", "label": "namespace", "type": "query", "datasource": DS,
             "query": {"query": f"label_values({metric}, namespace)", "refId": "namespace"},
@@ -147,7 +163,7 @@ def dashboard(uid: str, title: str, desc: str, ns_metric: str, panels: list[dict
                                   "name": "Annotations & Alerts", "type": "dashboard"}]},
         "links": [{"title": "s3 dashboards", "type": "dashboards", "tags": ["s3"], "asDropdown": True,
                    "includeVars": True, "keepTime": True}] if links else [],
-        "templating": {"list": [DATASOURCE_VAR, namespace_var(ns_metric)]},
+        "templating": {"list": [DATASOURCE_VAR, namespace_var(ns_metric), job_var()]},
         "panels": out,
     }
 
@@ -230,6 +246,17 @@ def retriever() -> dict[str, Any]:
         timeseries("RPC p95 by method", [(quantile(0.95, "grpc_server_handling_seconds", svc, by="grpc_method"),
                                           "{{grpc_method}}")], "s",
                    "95th percentile handling time of Retriever RPCs (decoding, search, encoding)."),
+        row("Dynamic batching"),
+        timeseries("Coalesced batch size", [(mean_of("s3_retriever_batcher_requests_per_batch"), "requests / batch"),
+                                            (mean_of("s3_retriever_batcher_queries_per_batch"), "queries / batch")],
+                   "none", "Search requests (and distinct queries) coalesced into one backend search "
+                   "(retriever.batch_window_ms)."),
+        timeseries("Batch queue wait", [(quantile(q, "s3_retriever_batcher_queue_wait_seconds"), f"p{int(q * 100)}")
+                                        for q in (0.5, 0.95)], "s",
+                   "Time a Search request waited for its coalesced batch to start."),
+        timeseries("Rejected searches / s", [(rate("s3_retriever_batcher_rejected_total", by="instance"),
+                                              "{{instance}}")], "reqps",
+                   "Search requests refused with RESOURCE_EXHAUSTED because the batch queue was full."),
     ])
 
 
@@ -300,9 +327,9 @@ def rollouts() -> dict[str, Any]:
                    "Episodes finished, turns taken, searches issued and invalid turns per second."),
         timeseries("Generated tokens / s", [(rate("s3_searcher_generated_tokens_total", by="instance"),
                                              "{{instance}}")], "short", "Action tokens generated by the policy."),
-        timeseries("Rollout duration", [(quantile(q, "s3_searcher_rollout_seconds"), f"p{int(q * 100)}")
+        timeseries("Rollout duration", [(quantile(q, "s3_searcher_rollout_seconds", window=SPARSE), f"p{int(q * 100)}")
                                         for q in (0.5, 0.95)], "s",
-                   "Time of one Rollout request (all its episodes)."),
+                   f"Time of one Rollout request (all its episodes), over the last {SPARSE} (one per training step)."),
         timeseries("Policy generate and retrieval latency (p95)",
                    [(quantile(0.95, "s3_searcher_generate_seconds"), "policy generate (one turn)"),
                     (quantile(0.95, "s3_searcher_search_seconds"), "retriever call (retries included)")], "s",
@@ -362,9 +389,10 @@ def training() -> dict[str, Any]:
                    "Tokens and trajectories trained on per second."),
         timeseries("Step time by phase", [(f"sum by (phase) (s3_train_phase_seconds{_sel()})", "{{phase}}")], "s",
                    "Seconds of the last step in rollout, reward, update and publish.", stack=True),
-        timeseries("Learner update time", [(quantile(0.5, "s3_learner_update_seconds"), "p50"),
-                                           (quantile(0.95, "s3_learner_update_seconds"), "p95")], "s",
-                   "Time of one learner Update: the RL step, its checkpoint and the exported policy."),
+        timeseries("Learner update time", [(quantile(0.5, "s3_learner_update_seconds", window=SPARSE), "p50"),
+                                           (quantile(0.95, "s3_learner_update_seconds", window=SPARSE), "p95")], "s",
+                   "Time of one learner Update (the RL step, its checkpoint and the exported policy), over the "
+                   f"last {SPARSE}: one Update per step, so shorter windows are empty between steps."),
         timeseries("Policy versions", [(f"max(s3_train_policy_version{_sel()})", "learner"),
                                        (f"max(s3_searcher_policy_version{_sel()})", "searcher")], "none",
                    "The version the learner published and the version the searcher serves."),

@@ -81,7 +81,10 @@ def _validate_all(r: Rendered, profile: str) -> None:
         names.add(key)
         assert DNS1123.match(d["metadata"]["name"]) and len(d["metadata"]["name"]) <= 253, key
         if d["apiVersion"].startswith(CRD_GROUPS):
-            _check_servicemonitor(d, r)
+            if d["kind"] == "PrometheusRule":
+                _check_prometheusrule(d)
+            else:
+                _check_servicemonitor(d, r)
             continue
         for version in K8S_VERSIONS:
             try:
@@ -89,6 +92,28 @@ def _validate_all(r: Rendered, profile: str) -> None:
             except kubernetes_validate.ValidationError as exc:
                 pytest.fail(f"{profile}: {d['kind']}/{d['metadata']['name']} is invalid for Kubernetes {version}: "
                             f"{exc.message} at {'/'.join(map(str, exc.path))}")
+
+
+def _check_prometheusrule(d: dict[str, Any]) -> None:
+    """A monitoring.coreos.com/v1 PrometheusRule: its groups pass `promtool check rules` (Debian's prometheus)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from deploykit import missing_tool
+
+    assert set(d["spec"]) == {"groups"} and d["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    promtool = shutil.which("promtool")
+    if not promtool:
+        missing_tool("no promtool (Debian: apt-get install -y --no-install-recommends prometheus)")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump({"groups": d["spec"]["groups"]}, f)
+        f.flush()
+        proc = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for g in d["spec"]["groups"]:
+        for rule in g["rules"]:
+            assert f'namespace="{NAMESPACE}"' in rule["expr"], rule["alert"]  # scoped to the release
 
 
 def _check_servicemonitor(d: dict[str, Any], r: Rendered) -> None:

@@ -5,10 +5,17 @@ the learner service (rollouts, answers, an Update per step, policy loads), retri
 invalid, so error panels have an error to show), and an index job through the controller (plus one
 unauthenticated call).  A tiny Qwen2 model keeps the generator, searcher and learner fast on CPU.
 
-Each expression, with Grafana's variables replaced ($namespace by the namespace label the scrape config puts
-on every target, $__rate_interval by a window covering the run), must come back with at least one series and
-not only NaN; each template variable's label_values() query must list that namespace; and every metric name a
-dashboard mentions must be one Prometheus scraped.  Grafana itself does not run here.
+The targets carry the labels a Prometheus Operator ServiceMonitor gives them (job = the Service name, namespace,
+service, pod, container, endpoint), and a stranger -- another workload in the same namespace exporting the same
+gRPC and process metric names with huge values -- is scraped beside them.
+
+Each expression, with Grafana's variables replaced ($namespace by the namespace, $job by the regex Grafana's
+"All" makes of the job variable's values, $__rate_interval by a window covering the run), must come back with at
+least one series and not only NaN, with no trace of the stranger, and with every label its legend names set; the
+panels over once-per-step events must still have data when no step fell in the last rate interval; each template
+variable's label_values() query must list the namespace, and the platform's jobs but not the stranger's; every
+metric name a dashboard mentions must be one Prometheus scraped.  The chart's PrometheusRule expressions are
+evaluated too: valid, silent on a healthy run, over series that exist.  Grafana itself does not run here.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ NAMESPACE = "s3-test"
 TOKEN = "dashboards-token-5b1e"
 SCRAPE_S = 1
 SUBSTITUTE = {"$namespace": NAMESPACE, "$__rate_interval": "5m", "$__range": "5m", "$__interval": "15s"}
+SERVICES = ("retriever", "generator", "searcher", "learner", "controller")
+# Grafana's "All" of the job variable: the listed values joined into a regex
+SUBSTITUTE["$job"] = "(" + "|".join(f"s3-{s}" for s in SERVICES) + ")"
+STRANGER_JOB = "other-app"
+HUGE = 1e11  # the stranger's values are above it; the platform's are far below
 KNOBS = {"initial_k": 2, "retrieve_k": 2, "max_turns": 1, "max_new_tokens": 12, "max_obs_tokens": 200}
 
 
@@ -103,13 +115,18 @@ def _free_port() -> int:
 
 
 class Prometheus:
-    def __init__(self, binary: str, workdir: Path, targets: dict[str, int]) -> None:
+    def __init__(self, binary: str, workdir: Path, targets: dict[str, int], stranger: int) -> None:
+        # the labels the Prometheus Operator puts on a ServiceMonitor's targets: job = the Service's name
+        def sm(job: str, port: int, container: str) -> dict[str, Any]:
+            return {"job_name": job, "metrics_path": "/metrics", "static_configs": [{
+                "targets": [f"127.0.0.1:{port}"],
+                "labels": {"namespace": NAMESPACE, "service": job, "pod": f"{job}-7d9f8b6c5-x2x4z",
+                           "container": container, "endpoint": "http"}}]}
+
         cfg = {"global": {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s",
                           "evaluation_interval": f"{SCRAPE_S}s"},
-               "scrape_configs": [{"job_name": f"s3-{name}", "metrics_path": "/metrics",
-                                   "static_configs": [{"targets": [f"127.0.0.1:{port}"],
-                                                       "labels": {"namespace": NAMESPACE}}]}
-                                  for name, port in targets.items()]}
+               "scrape_configs": [sm(f"s3-{name}", port, name) for name, port in targets.items()]
+               + [sm(STRANGER_JOB, stranger, "app")]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -163,6 +180,42 @@ def _wait_for(fn: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _stranger() -> Any:
+    """Another workload of the namespace: the platform's gRPC and process metric names, huge and growing values."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    t0 = time.monotonic()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            n = 3e12 * (1 + time.monotonic() - t0)  # counters grow by 3e12 / s
+            lines = []
+            for svc in ("s3.v1.Retriever", "s3.v1.Generator", "other.v1.Thing"):
+                lab = f'grpc_service="{svc}",grpc_method="Search"'
+                lines += [f'grpc_server_started_total{{{lab}}} {n}',
+                          f'grpc_server_handled_total{{{lab},grpc_code="OK"}} {n}',
+                          f'grpc_server_handled_total{{{lab},grpc_code="INTERNAL"}} {n}',
+                          f'grpc_server_handling_seconds_bucket{{{lab},le="0.1"}} {n}',
+                          f'grpc_server_handling_seconds_bucket{{{lab},le="+Inf"}} {n}',
+                          f'grpc_server_handling_seconds_sum{{{lab}}} {n * 1e3}',
+                          f'grpc_server_handling_seconds_count{{{lab}}} {n}']
+            lines += [f"process_resident_memory_bytes {5 * HUGE * 100}", f"process_cpu_seconds_total {n}"]
+            body = ("\n".join(lines) + "\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 # --- the embedded run, scraped -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -189,6 +242,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     redis_url = f"redis://127.0.0.1:{stack.start_redis().grpc_port}/0"
     procs: list[Proc] = []
     prom: Prometheus | None = None
+    stranger = None
     try:
         ret = _start("retriever", "s3_retriever", ["--index", str(root / "idx")], root / "retriever")
         gen = _start("generator", "s3_generator", ["--backend", "hf", "--model", model], root / "generator")
@@ -204,10 +258,11 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
                       root / "searcher")
         procs.append(srch)
         _wait_ready(procs)
-        prom = Prometheus(binary, root, {p.name: p.http_port for p in procs})
+        stranger = _stranger()
+        prom = Prometheus(binary, root, {p.name: p.http_port for p in procs}, stranger.server_address[1])
         # the counters' starting values are scraped before any traffic, so rate() sees every change
-        _wait_for(lambda: prom.value(f'count(up{{namespace="{NAMESPACE}"}} == 1)') == len(procs), 30,
-                  "a first scrape of every service")
+        _wait_for(lambda: prom.value(f'count(up{{namespace="{NAMESPACE}"}} == 1)') == len(procs) + 1, 30,
+                  "a first scrape of every service and the stranger")
         time.sleep(SCRAPE_S)
 
         # an index job through the controller, beside the training run
@@ -269,6 +324,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     finally:
         if prom is not None:
             prom.stop()
+        if stranger is not None:
+            stranger.shutdown()
+            stranger.server_close()
         _stop(procs)
         stack.down()
 
@@ -284,40 +342,110 @@ def _substitute(expr: str) -> str:
     return expr
 
 
-def test_every_panel_query_returns_data(scraped: Prometheus) -> None:
-    empty, checked = [], 0
+def _targets() -> Iterator[tuple[str, str, dict[str, Any]]]:
     for name, dash in _dashboards().items():
         for panel in dash["panels"]:
             for t in panel.get("targets", []):
-                expr = _substitute(t["expr"])
-                body = scraped.query(expr)
-                checked += 1
-                if body.get("status") != "success":
-                    empty.append(f"{name} / {panel['title']}: {body.get('error')}: {expr}")
-                    continue
-                result = body["data"]["result"]
-                values = [float(r["value"][1]) for r in result]
-                if not values or all(math.isnan(v) for v in values):
-                    empty.append(f"{name} / {panel['title']}: {'NaN only' if values else 'no data'}: {expr}")
+                yield name, panel["title"], t
+
+
+def test_every_panel_query_returns_data(scraped: Prometheus) -> None:
+    empty, leaks, unlabelled, checked = [], [], [], 0
+    for name, title, t in _targets():
+        expr = _substitute(t["expr"])
+        body = scraped.query(expr)
+        checked += 1
+        if body.get("status") != "success":
+            empty.append(f"{name} / {title}: {body.get('error')}: {expr}")
+            continue
+        result = body["data"]["result"]
+        values = [float(r["value"][1]) for r in result]
+        if not values or all(math.isnan(v) for v in values):
+            empty.append(f"{name} / {title}: {'NaN only' if values else 'no data'}: {expr}")
+        # the stranger in the namespace shows up neither as a series nor inside a sum
+        if any(r["metric"].get("job") == STRANGER_JOB for r in result) or any(abs(v) >= HUGE for v in values):
+            leaks.append(f"{name} / {title}: {expr} -> {values}")
+        # a legend names labels every series has
+        for lab in re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", "")):
+            if any(not r["metric"].get(lab) for r in result):
+                unlabelled.append(f"{name} / {title}: legend label {lab!r} missing in {result[0]['metric']}")
     assert checked > 80
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+    assert not leaks, "another workload of the namespace leaks into:\n" + "\n".join(leaks)
+    assert not unlabelled, "\n".join(unlabelled)
 
 
-def test_template_variables_list_the_namespace(scraped: Prometheus) -> None:
+def test_unscoped_queries_would_show_the_stranger(scraped: Prometheus) -> None:
+    """The stranger check can fail: the same query without the job matcher sees the stranger."""
+    scoped = _substitute('sum(process_resident_memory_bytes{namespace=~"$namespace",job=~"$job"})')
+    unscoped = _substitute('sum(process_resident_memory_bytes{namespace=~"$namespace"})')
+    assert scraped.value(scoped) < HUGE <= scraped.value(unscoped)
+
+
+SPARSE_METRICS = ("s3_learner_update_seconds", "s3_searcher_rollout_seconds")
+
+
+def test_per_step_panels_keep_data_between_steps(scraped: Prometheus) -> None:
+    """Panels over once-per-step events (an Update, a Rollout) still show the last steps when the rate interval
+    holds no step (here: the last 3 s, well after the run's last step)."""
+    seen = 0
+    for name, title, t in _targets():
+        if not any(m in t["expr"] for m in SPARSE_METRICS):
+            continue
+        seen += 1
+        expr = _substitute(t["expr"].replace("$__rate_interval", "3s"))
+        values = [float(r["value"][1]) for r in scraped.query(expr)["data"]["result"]]
+        assert values and not all(math.isnan(v) for v in values), f"{name} / {title} empty between steps: {expr}"
+    assert seen >= 4
+
+
+def test_template_variables_list_the_platform(scraped: Prometheus) -> None:
     for name, dash in _dashboards().items():
         for var in dash["templating"]["list"]:
             if var["type"] != "query":
                 continue
             m = re.fullmatch(r"label_values\((.+), *(\w+)\)", var["query"]["query"])
             assert m, f"{name}: variable {var['name']} is not a label_values() query"
-            series = scraped.api("series", **{"match[]": m.group(1)})["data"]
-            assert NAMESPACE in {s.get(m.group(2)) for s in series}, f"{name}: {var['query']['query']}"
+            selector = _substitute(m.group(1)) if var["name"] != "namespace" else m.group(1)
+            series = scraped.api("series", **{"match[]": selector})["data"]
+            values = {s.get(m.group(2)) for s in series}
+            if var["name"] == "namespace":
+                assert NAMESPACE in values, f"{name}: {var['query']['query']}"
+            else:
+                assert var["name"] == "job" and "allValue" not in var, name  # All = the listed jobs, not .*
+                assert values == {f"s3-{s}" for s in SERVICES}, f"{name}: {values}"
 
 
 def test_dashboards_mention_only_scraped_metrics(scraped: Prometheus) -> None:
     scraped_names = set(scraped.api("label/__name__/values")["data"])
-    for name, dash in _dashboards().items():
-        for panel in dash["panels"]:
-            for t in panel.get("targets", []):
-                for metric in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{", t["expr"]):
-                    assert metric in scraped_names, f"{name} / {panel['title']}: {metric} was never scraped"
+    for name, title, t in _targets():
+        for metric in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{", t["expr"]):
+            assert metric in scraped_names, f"{name} / {title}: {metric} was never scraped"
+
+
+def test_alert_rules_hold_on_the_live_metrics(scraped: Prometheus, render: Any) -> None:
+    """The chart's PrometheusRule (the GPU profile: ServiceMonitors on, release s3, so the jobs are s3-<service>)
+    evaluated against the run: every expression is valid, none fires on this healthy run, and the series each
+    alert watches exist (its expression without the threshold returns data)."""
+    from deploykit import NAMESPACE as CHART_NAMESPACE
+    from deploykit import PROFILES
+
+    (rule,) = render(values_files=PROFILES["gpu"]).of_kind("PrometheusRule")
+    rules = {r["alert"]: r["expr"].replace(f'namespace="{CHART_NAMESPACE}"', f'namespace="{NAMESPACE}"')
+             for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(rules) == {"S3ServiceDown", "S3HighErrorRatio", "S3RetrieverRejecting", "S3RedisDown",
+                          "S3WorkersLost", "S3TrainingStalled", "S3SearcherPolicyBehind"}
+    for alert, expr in rules.items():
+        body = scraped.query(expr)
+        assert body.get("status") == "success", f"{alert}: {body.get('error')}"
+        assert body["data"]["result"] == [], f"{alert} fires on a healthy run: {body['data']['result']}"
+    watched = {"S3ServiceDown": 5, "S3HighErrorRatio": 5, "S3RedisDown": 1, "S3SearcherPolicyBehind": 1}
+    for alert, n in watched.items():
+        base = re.sub(r"\s*(==|>)\s*[0-9.]+$", "", rules[alert])
+        if alert == "S3HighErrorRatio":  # no server errors here: the errors are empty, the traffic is not
+            base = base.split(" / ", 1)[1]
+        result = scraped.query(base)["data"]["result"]
+        assert len(result) >= n and all(r["metric"].get("job") != STRANGER_JOB for r in result), (alert, result)
+    # the stranger's INTERNAL errors would fire S3HighErrorRatio if the rule were not scoped to the platform
+    unscoped = re.sub(r',job=~"[^"]*"', "", rules["S3HighErrorRatio"])
+    assert scraped.query(unscoped)["data"]["result"], "the unscoped rule should have fired on the stranger"
