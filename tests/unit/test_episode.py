@@ -454,3 +454,34 @@ def test_hf_policy_stop_strings_and_greedy(hf_policy, tokenizer):
         c = hf_policy.generate([prompt], 10, 0.0, [first_text])
         assert c[0] == a[0][:1]
     assert hf_policy.generate([], 5, 0.0, []) == []
+
+
+@pytest.mark.parametrize("copied", ["<important_info>[...]</important_info>", "<important_info>[",
+                                    "<important_info>", "<important_info>[1, 2"])
+def test_copied_placeholder_or_cut_off_selection_keeps_block_docs(tokenizer, copied):
+    """A malformed selection is no selection: the block's docs all reach the generator (issue: 3 of
+    20 episodes handed the generator no documents when ``[...]`` read as an empty selection)."""
+    scripts = {Q1.question: [copied + DONE]}
+    (t,) = run_episodes([Q1], ScriptedPolicy(tokenizer, scripts), FakeSearch(), CFG, 0.0)
+    assert not t.blocks[0].has_selection
+    assert [d.id for d in t.context] == [d.id for d in t.blocks[0].docs] and len(t.context) == 3
+
+
+def test_explicit_empty_and_out_of_range_selections(tokenizer):
+    """``[]`` drops the block; a list of only out-of-range ids is no selection (the block keeps all)."""
+    scripts = {Q1.question: ["<important_info>[]</important_info>" + _q("capital France"),
+                             "<important_info>[7, 9]</important_info>" + DONE]}
+    (t,) = run_episodes([Q1], ScriptedPolicy(tokenizer, scripts), FakeSearch(), CFG, 0.0)
+    b0, b1 = t.blocks
+    assert b0.has_selection and b0.selected == []
+    assert not b1.has_selection and len(b1.docs) == 4
+    assert [d.id for d in t.context] == [d.id for d in b1.docs]
+
+
+@pytest.mark.parametrize("text", [FEEDBACK_TEXT, FINAL_TURN_NOTE])
+def test_observation_texts_hold_nothing_a_policy_could_copy_as_an_action(text):
+    from s3core.search.parsing import parse_turn
+
+    assert "[...]" not in text and '"..."' not in text and "<" not in text
+    p = parse_turn(text, 8, 3)
+    assert not p.has_selection and p.query is None and p.search_complete is None

@@ -37,10 +37,20 @@ VECTORS = [
     ("closing tag without opener", 'who wrote hamlet</query>', 8, 3, None, [], False, None, False),
     # --- selections ---
     ("selection + query", "<important_info>[1, 2]</important_info>" + Q, 8, 3, "capital of France", [1, 2], True, None, True),
-    ("selection without brackets", "<important_info>1,2</important_info>", 8, 3, None, [1, 2], True, None, False),
+    ("ids without brackets are no selection", "<important_info>1,2</important_info>", 8, 3, None, [], False, None, False),
     ("trailing comma", "<important_info>[1,2,]</important_info>", 8, 3, None, [1, 2], True, None, False),
     ("quoted ids", '<important_info>["3", "1"]</important_info>', 8, 3, None, [3, 1], True, None, False),
-    ("Doc n forms", "<important_info>Doc 2, Doc 5</important_info>", 8, 3, None, [2, 5], True, None, False),
+    ("Doc n forms", "<important_info>[Doc 2, Doc 5]</important_info>", 8, 3, None, [2, 5], True, None, False),
+    ("Doc n forms without brackets are no selection", "<important_info>Doc 2, Doc 5</important_info>", 8, 3, None,
+     [], False, None, False),
+    # placeholders copied from an instruction, cut-off and bare tags: no selection (the block keeps all docs)
+    ("placeholder [...] is no selection", "<important_info>[...]</important_info>", 8, 3, None, [], False, None, False),
+    ("cut-off list is no selection", "<important_info>[", 8, 3, None, [], False, None, False),
+    ("cut-off list with ids is no selection", "<important_info>[1, 2", 8, 3, None, [], False, None, False),
+    ("bare tag is no selection", "<important_info>", 8, 3, None, [], False, None, False),
+    ("list with words is no selection", "<important_info>[1, and 2]</important_info>", 8, 3, None, [], False, None,
+     False),
+    ("placeholder query is no query", '<query>{"query": "..."}</query>', 8, 3, None, [], False, None, False),
     ("ids out of range dropped", "<important_info>[0, 9, 2, -1]</important_info>", 8, 3, None, [2], True, None, False),
     ("duplicates dropped", "<important_info>[2, 2, 1, 2]</important_info>", 8, 3, None, [2, 1], True, None, False),
     ("beyond select_max dropped", "<important_info>[1, 2, 3, 4, 5]</important_info>", 8, 3, None, [1, 2, 3], True, None, False),
@@ -49,8 +59,8 @@ VECTORS = [
     ("select_max 1", "<important_info>[4, 2]</important_info>", 8, 1, None, [4], True, None, False),
     ("order preserved", "<important_info>[5, 3, 1]</important_info>", 8, 3, None, [5, 3, 1], True, None, False),
     ("explicit empty list is a selection of nothing", "<important_info>[]</important_info>", 8, 3, None, [], True, None, False),
-    ("blank content is a selection of nothing", "<important_info> </important_info>", 8, 3, None, [], True, None, False),
-    ("'none' is a selection of nothing", "<important_info>None</important_info>", 8, 3, None, [], True, None, False),
+    ("blank content is no selection", "<important_info> </important_info>", 8, 3, None, [], False, None, False),
+    ("'none' is no selection", "<important_info>None</important_info>", 8, 3, None, [], False, None, False),
     ("all ids invalid is no selection", "<important_info>[9, 12]</important_info>", 8, 3, None, [], False, None, False),
     ("words without ids are no selection", "<important_info>the first one</important_info>", 8, 3, None, [], False, None, False),
     ("non-integer ids dropped", "<important_info>[1.5, 2.0, 3]</important_info>", 8, 3, None, [2, 3], True, None, False),
@@ -58,7 +68,8 @@ VECTORS = [
     ("newlines inside list", "<important_info>[\n 1,\n 3\n]</important_info>", 8, 3, None, [1, 3], True, None, False),
     ("unclosed important_info ends at <", "<important_info>[1, 2]<search_complete>true</search_complete>", 8, 3, None,
      [1, 2], True, True, True),
-    ("unclosed important_info ends at newline", "<important_info> 2, 4\nmore text 7", 8, 3, None, [2, 4], True, None, False),
+    ("unclosed important_info ends at newline", "<important_info> [2, 4]\nmore text 7", 8, 3, None, [2, 4], True, None,
+     False),
     ("only first important_info counts", "<important_info>[1]</important_info><important_info>[2]</important_info>", 8, 3,
      None, [1], True, None, False),
     # --- search_complete ---
@@ -133,6 +144,6 @@ def test_never_raises(junk):
 
 
 def test_deeply_nested_json_query_falls_back_to_raw_text():
-    inner = "[" * 10000 + "]" * 10000
+    inner = "[" * 10000 + "x" + "]" * 10000
     p = parse_turn(f"<query>{inner}</query>", 5, 3)
-    assert p.valid
+    assert p.valid and p.query == inner

@@ -9,17 +9,21 @@ Rules, in the spec's precedence:
 * ``<think>...</think>`` blocks are removed (tags inside them do not count).  An unclosed
   ``<think>`` only loses the opening tag itself, so a model that forgets ``</think>`` keeps its action.
 * ``<important_info>[i, j]</important_info>`` selects 1-based doc ids of the latest information
-  block.  Ids outside ``1..n``, repeated ids and ids beyond the first ``select_max`` valid ones are
-  dropped.  ``[1, 2]``, ``1,2``, ``[1,2,]``, ``["1", "2"]`` and ``Doc 1, Doc 2`` are all read as 1, 2.
-  ``has_selection`` is true when the tag is present and either keeps at least one valid id or is an
-  explicit empty list (``[]``, blank, ``none``) -- the searcher saying "nothing here helps".  A list
-  whose ids are all invalid, or text with no ids at all, is *no* selection (the block then counts
-  as unselected in context assembly, spec §3 step 2).
+  block.  Only a **well-formed list** is a selection: ``[`` ... ``]`` around comma-separated ids
+  (``[2, 5]``, ``[2,5,]``, ``["2", "5"]``, ``[Doc 2, Doc 5]``, line breaks allowed) or the empty list
+  ``[]`` -- the searcher saying "nothing here helps".  Anything else -- a placeholder such as
+  ``[...]``, a cut-off ``[``, a bare or blank tag, ``none``, ids without brackets, words -- is *no*
+  selection: the block then counts as unselected and contributes all its docs to the context
+  (spec §3 step 2), so a malformed turn can never empty the generator's context.  Inside a
+  well-formed list, ids outside ``1..n``, repeated ids, non-integers and ids beyond the first
+  ``select_max`` valid ones are dropped.  A non-empty list none of whose ids is valid (e.g. ``[9]``
+  for a block of 8) is likewise *no* selection: it points at documents that do not exist, which says
+  nothing about the ones that do, so they all stay in the context.
 * ``<search_complete>X</search_complete>``: X in true/yes/1/y (any case, surrounding quotes and
   punctuation ignored) means done; any other value means not done; no tag gives ``None``.
 * ``<query>...</query>``: JSON with a ``"query"`` key (a list value takes its first element; a JSON
   string or list at the top level is accepted too); invalid JSON or a missing key means the raw
-  inner text is the query.  A blank query is no query.  An unclosed ``<query>`` counts only when
+  inner text is the query.  A query with no letter or digit (blank, ``...``) is no query.  An unclosed ``<query>`` counts only when
   the rest of the text is a JSON object with a ``"query"`` key (a model that forgot the closing tag
   before stopping); otherwise it is ignored.
 * Tags are matched case-insensitively and may contain spaces (``< query >``, ``</ Query>``).  The
@@ -55,7 +59,7 @@ _THINK_BLOCK_RE = re.compile(_open("think") + r".*?" + _close("think"), _FLAGS)
 _THINK_TAG_RE = re.compile(_open("think") + "|" + _close("think"), _FLAGS)
 _QUERY_OPEN_RE = re.compile(_open("query"), _FLAGS)
 _INT_RE = re.compile(r"[-+]?\d+(?:\.\d+)?")
-_EMPTY_WORDS = {"", "none", "null", "nothing", "n/a", "na"}
+_HAS_WORD_RE = re.compile(r"[^\W_]")  # a letter or a digit (any script)
 _TRUE_WORDS = {"true", "yes", "1", "y"}
 
 
@@ -95,11 +99,18 @@ def _tag_content(text: str, tag: str) -> str | None:
     return rest[: stop.start()] if stop else rest
 
 
+_ITEM = r"""\s*["'`]?\s*(?:doc(?:ument)?\s*#?\s*)?[-+]?\d+(?:\.\d+)?\s*["'`]?\s*"""
+_LIST_RE = re.compile(rf"\[(?:{_ITEM}(?:,{_ITEM})*,?\s*)?\]", re.IGNORECASE)
+
+
 def _parse_ids(content: str, n_docs: int, select_max: int) -> tuple[list[int], bool]:
-    found = _INT_RE.findall(content)
+    """``(ids, has_selection)`` of an ``important_info`` tag's content (see the module docstring)."""
+    text = content.strip()
+    if not _LIST_RE.fullmatch(text):
+        return [], False  # not a well-formed list: no selection
+    found = _INT_RE.findall(text)
     if not found:
-        bare = re.sub(r"[\[\]\(\)\{\}\s,;.\"'`]", "", content).lower()
-        return [], bare in _EMPTY_WORDS  # explicit empty list -> a selection of nothing
+        return [], True  # [] -- an explicit selection of nothing
     ids: list[int] = []
     for tok in found:
         whole, _, frac = tok.lstrip("+").partition(".")
@@ -151,7 +162,7 @@ def _parse_query(text: str) -> str | None:
             parsed = _query_from_json(decoded)
             q = inner if parsed is None else parsed
         q = q.strip()
-        return q or None
+        return q if _HAS_WORD_RE.search(q) else None
     # Unclosed <query>: accept only a well-formed JSON object with a "query" key.
     opens = list(_QUERY_OPEN_RE.finditer(text))
     if not opens:
@@ -164,7 +175,7 @@ def _parse_query(text: str) -> str | None:
     if not isinstance(decoded, dict) or "query" not in decoded:
         return None
     q = (_query_from_json(decoded) or "").strip()
-    return q or None
+    return q if _HAS_WORD_RE.search(q) else None
 
 
 def parse_turn(text: str, n_docs_latest_block: int, select_max: int) -> ParsedAction:

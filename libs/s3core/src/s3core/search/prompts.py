@@ -41,7 +41,7 @@ __all__ = [
     "prompt_token_ids",
 ]
 
-SEARCHER_PROMPT_VERSION = "s3-search-v1"
+SEARCHER_PROMPT_VERSION = "s3-search-v2"
 
 INFO_OPEN = "<information"
 INFO_CLOSE = "</information>"
@@ -70,16 +70,18 @@ Question: {question}
 Results of a first search for the question itself:
 {block0}"""
 
+# Observations carry no copyable tag or placeholder (no ``[...]``, no ``"..."``): a small policy
+# copies what it sees, and a copied placeholder is a malformed action.  They name the parts of a
+# turn in words and point back to the format in the instructions.
 FEEDBACK_TEXT = (
-    "That turn had no action I could use. Pick documents with <important_info>[...]</important_info>, "
-    "then either end with <search_complete>true</search_complete> or write "
-    "<search_complete>false</search_complete> followed by a new search as "
-    '<query>{"query": "..."}</query>.'
+    "That turn had no action I could use. Write your turn in the format from the instructions: the "
+    "numbers of the useful documents in the important_info tags, then search_complete true or false, "
+    "and, if not complete, a new search query in the query tags."
 )
 
 FINAL_TURN_NOTE = (
-    "No searches are left. Pick the useful documents of the most recent <information> block with "
-    "<important_info>[...]</important_info> and end with <search_complete>true</search_complete>."
+    "No searches are left. In the important_info tags, give the numbers of the useful documents of "
+    "the most recent information block, then end the search with search_complete true."
 )
 
 # Used when a tokenizer has no chat template (a base model).
