@@ -204,10 +204,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- baselines (naive-RAG cache) -----------------------------------------------------------------
 
+def _local_redis_port(cfg: Any) -> int:
+    """The port of the Redis `s3 up` started in $S3_HOME (default .s3) when it runs, else config redis.port."""
+    from s3core.runtime.local import LocalStack
+
+    info = LocalStack(DEFAULT_STATE).get("redis") if os.path.isdir(DEFAULT_STATE) else None
+    return info.grpc_port if info is not None else cfg.redis.port
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _cache(args: argparse.Namespace, cfg: Any) -> Any:
     from s3core.cache.baseline import BaselineCache, redis_url
 
-    return BaselineCache.from_url(redis_url(args.redis_url or cfg.redis.url, cfg.redis.port), namespace=args.namespace)
+    return BaselineCache.from_url(redis_url(args.redis_url or cfg.redis.url, _local_redis_port(cfg)),
+                                  namespace=args.namespace)
 
 
 def _baseline_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, int]:
@@ -315,7 +335,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     stack = LocalStack(args.state_dir)
     c = _console()
-    procs = [stack.start_redis(cfg.redis.port)]
+    # config redis.port (6390) when it is free, else a free port (a second stack beside the first); the commands
+    # that use the local Redis find it through the stack's record ($S3_HOME)
+    port = cfg.redis.port if stack.get("redis") is not None or _port_free(cfg.redis.port) else 0
+    procs = [stack.start_redis(port)]
+    if procs[0].grpc_port != cfg.redis.port:
+        c.print(f"redis: port {cfg.redis.port} is taken, using {procs[0].grpc_port} "
+                f"(redis://127.0.0.1:{procs[0].grpc_port}/0)")
     config_path = args.config or ""
     if args.index:
         ret = stack.start_retriever(args.index, config_path)
@@ -448,16 +474,30 @@ def _generator_flags(p: argparse.ArgumentParser, judge_only: bool = False) -> No
     p.add_argument("--batch-size", type=int, help="questions per generator request")
 
 
+def _version() -> str:
+    """The installed s3cli and s3core versions (package metadata), e.g. "0.1.0 (s3core 0.1.0)"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"{v('s3cli')} (s3core {v('s3core')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3", description="s3 platform: train and serve search agents for RAG.")
+    parser.add_argument("--version", action="version", version=f"s3 {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("data", help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     q = dsub.add_parser("synth", help="generate the embedded default's fictional world (corpus + QA)")
     q.add_argument("--out", required=True, help="output directory")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--n-entities", type=int, default=300)
+    q.add_argument("--seed", type=int, default=0, help="random seed of the world (default 0)")
+    q.add_argument("--n-entities", type=int, default=300, help="fictional entities in the corpus (default 300)")
     q.add_argument("--n-questions", type=int, default=100, help="questions per hop file")
     q.set_defaults(func=cmd_data_synth)
 
@@ -465,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     isub = p.add_subparsers(dest="index_command", required=True, metavar="SUBCOMMAND")
     q = isub.add_parser("build", help="build a BM25 or dense index from a FlashRAG-format corpus")
     q.add_argument("--corpus", required=True, help="corpus jsonl ({id, contents} or {id, title, text})")
-    q.add_argument("--backend", required=True, choices=["bm25", "dense"])
+    q.add_argument("--backend", required=True, choices=["bm25", "dense"],
+                   help="bm25 (bm25s), or dense (faiss over --encoder embeddings)")
     q.add_argument("--out", required=True, help="index directory to write (renamed into place when complete)")
     q.add_argument("--encoder", help="dense encoder (default: embedded all-MiniLM-L6-v2; e.g. intfloat/e5-base-v2)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -543,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded default (synth → index → eval)")
     p.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world and the rollouts (default 0)")
     p.add_argument("--limit", type=int, default=50, help="questions per dataset (default 50)")
     _common_config(p)
     _generator_flags(p)
@@ -579,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="the naive-RAG baseline cache")
     csub = p.add_subparsers(dest="cache_command", required=True, metavar="SUBCOMMAND")
     q = csub.add_parser("export", help="write every cached baseline to a JSON file")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True, help="JSON file to write the baselines to")
     _redis_flags(q)
     _common_config(q)
     q.set_defaults(func=cmd_cache_export)
@@ -605,11 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what `s3 up` started")
-    p.add_argument("--state-dir", default=DEFAULT_STATE)
+    p.add_argument("--state-dir", default=DEFAULT_STATE, help=f"the state dir `s3 up` used (default {DEFAULT_STATE})")
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("status", help="list the running local services")
-    p.add_argument("--state-dir", default=DEFAULT_STATE)
+    p.add_argument("--state-dir", default=DEFAULT_STATE, help=f"the state dir `s3 up` used (default {DEFAULT_STATE})")
     p.set_defaults(func=cmd_status)
 
     from s3cli import train as train_cli
