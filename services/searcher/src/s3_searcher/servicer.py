@@ -218,6 +218,9 @@ class SearcherCore:
         target = self.resolve_checkpoint(path)
         with self._load_lock:
             t0 = time.perf_counter()
+            reload = getattr(self.served.policy, "reload", None)
+            if callable(reload):  # vLLM: new weights into the running engine, under the run lock
+                return self._reload_in_place(reload, path, target, version, t0)
             try:
                 policy = self._factory(target, version)
             except S3Error:
@@ -236,6 +239,30 @@ class SearcherCore:
         close = getattr(old.policy, "close", None) if old is not None else None
         if callable(close):
             close()
+        return new
+
+    def _reload_in_place(self, reload: Callable[..., float], path: str, target: str, version: int,
+                         t0: float) -> Served:
+        """Publish ``version`` by loading ``target`` into the served policy's running engine.
+
+        The run lock is held throughout: the rollout in progress finishes on the old version, the
+        next one starts on the new weights, and none sees both."""
+        with self.run_lock:
+            try:
+                seconds = reload(target, int(version), name=target)
+            except S3Error:
+                metrics.POLICY_LOADS.labels("error").inc()
+                raise
+            except Exception as exc:  # noqa: BLE001 - the old weights were restored by the policy
+                metrics.POLICY_LOADS.labels("error").inc()
+                logger.warning("LoadPolicy %s (in place) failed: %s: %s", path, type(exc).__name__, exc)
+                raise InvalidArgument(f"cannot load a policy from {path}: {type(exc).__name__}: {exc}") from None
+            new = Served(self.served.policy, int(version), target, path)
+            self._served = new
+        metrics.POLICY_VERSION.set(version)
+        metrics.POLICY_LOADS.labels("ok").inc()
+        logger.info("policy version %d loaded in place from %s in %.2fs (weights %.2fs)", version, path,
+                    time.perf_counter() - t0, seconds)
         return new
 
     def run(self, job: RolloutJob, cancelled: threading.Event,

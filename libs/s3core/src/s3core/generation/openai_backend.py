@@ -1,9 +1,13 @@
-"""Any OpenAI-compatible chat endpoint (vLLM's server, a hosted API) over plain HTTP.
+"""Any OpenAI-compatible chat endpoint (``vllm serve``, a hosted API) over plain HTTP.
 
-Standard library only (``urllib``).  A batch becomes concurrent ``POST {base_url}/chat/completions``
-requests on a thread pool of ``max_batch_size`` workers.  Connection failures, timeouts and 5xx
-answers raise :class:`~s3core.errors.Unavailable`; 4xx answers raise
-:class:`~s3core.errors.InvalidArgument` with the endpoint's message.
+Standard library only (:class:`~s3core.generation.openai_http.JSONClient`: keep-alive connections,
+retries with exponential backoff, timeouts).  A batch becomes concurrent
+``POST {base_url}/chat/completions`` requests on one thread pool of ``max_batch_size`` workers that
+every caller of this generator shares, so concurrent callers' conversations are in flight together
+and the server (vLLM's continuous batching) batches them; no caller waits for another's batch.
+Connection failures, timeouts and 408/429/5xx answers are retried, then raise
+:class:`~s3core.errors.Unavailable`; other 4xx answers raise :class:`~s3core.errors.InvalidArgument`
+with the endpoint's message.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Sequence
 
 from s3core.errors import ConfigError, Unavailable
 from s3core.generation.base import Completion, Generator, Message, Usage, cut_at_stop
-from s3core.generation.openai_http import request_json
+from s3core.generation.openai_http import JSONClient
 
 __all__ = ["OpenAIGenerator"]
 
@@ -36,6 +40,7 @@ class OpenAIGenerator(Generator):
         max_batch_size: int = 8,
         max_prompt_tokens: int = 3072,
         timeout: float = 120.0,
+        retries: int = 3,
     ) -> None:
         super().__init__()
         if not base_url:
@@ -49,13 +54,14 @@ class OpenAIGenerator(Generator):
         self.max_batch_size = max_batch_size
         self.max_prompt_tokens = max_prompt_tokens
         self.timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=max_batch_size, thread_name_prefix="s3-openai")
+        self.http = JSONClient(self.base_url, api_key=api_key, timeout=timeout, retries=retries,
+                               max_idle=max(1, max_batch_size), what="generator endpoint")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, max_batch_size), thread_name_prefix="s3-openai")
         self._model_lock = threading.Lock()
 
     # --- HTTP --------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        return request_json(self.base_url, method, path, body, api_key=self.api_key, timeout=self.timeout,
-                            what="generator endpoint")
+        return self.http.request(method, path, body)
 
     @property
     def model(self) -> str:
@@ -115,6 +121,7 @@ class OpenAIGenerator(Generator):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.http.close()
 
 
 def api_key_from_env(var: str) -> str | None:

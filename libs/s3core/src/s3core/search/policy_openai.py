@@ -18,7 +18,8 @@ message.  The engine only hands over token ids, so the conversation is recovered
 Replies are cut locally at the engine's stop strings.  The endpoint is only sent the closing-tag
 stops (``</query>``, ``</search_complete>``): OpenAI-style endpoints drop the stop string from the
 reply, so the one that matched is put back (from vLLM's ``stop_reason`` / SGLang's ``matched_stop``,
-else the tag that the reply leaves open).  Standard library HTTP only.
+else the tag that the reply leaves open).  Standard library HTTP only, with keep-alive connections and
+retries with backoff (:class:`~s3core.generation.openai_http.JSONClient`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from s3core.errors import ConfigError, Unavailable
-from s3core.generation.openai_http import request_json
+from s3core.generation.openai_http import JSONClient
 from s3core.search.episode import cut_tokens, decode, eos_ids_of
 from s3core.search.prompts import FALLBACK_CHAT_TEMPLATE, encode
 
@@ -105,13 +106,14 @@ class OpenAIPolicy:
         self._seed = int(seed)
         self._calls = 0
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_batch_size or 16), thread_name_prefix="s3-policy-openai")
+        self.http = JSONClient(self.base_url, api_key=api_key, timeout=timeout, retries=3,
+                               max_idle=max(1, max_batch_size or 16), what="searcher endpoint")
         self._lock = threading.Lock()
         self._known: OrderedDict[tuple[int, ...], list[dict[str, str]]] = OrderedDict()
 
     # --- HTTP --------------------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any]) -> Any:
-        return request_json(self.base_url, "POST", path, body, api_key=self.api_key, timeout=self.timeout,
-                            what="searcher endpoint")
+        return self.http.request("POST", path, body)
 
     # --- conversations -----------------------------------------------------------------------
     def set_seed(self, seed: int) -> None:
@@ -180,3 +182,4 @@ class OpenAIPolicy:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.http.close()
