@@ -546,8 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", help="index directory (for methods that retrieve)")
     p.add_argument("--method", action="append", required=True,
                    help="no-retrieval | naive-rag | s3 | s3-no-selection | s3-no-initial | s3-no-selection-no-initial"
-                        " | deepretrieval | ircot | search-r1 (repeat or comma-separate for several; the s3 variants"
-                        " share one trajectory per question)")
+                        " | deepretrieval | ircot | search-r1 | search-r1-context | search-o1 | cot (repeat or"
+                        " comma-separate for several; the s3 variants share one trajectory per question)")
     p.add_argument("--k", type=int, default=None,
                    help="documents per retrieval for naive-rag and the baselines (default 3); s3 uses the search"
                         " knobs (--preset 8-3-3, config `search:`)")

@@ -11,6 +11,18 @@
   ``<search>query</search>`` (k docs come back in ``<information>``) or ``<answer>...</answer>``;
   at most ``search_r1_max_searches`` searches (default: ``search.max_turns``), then one last turn
   that must answer.  Its own answer is scored (no tag by the last turn = empty answer = wrong).
+* ``search-r1-context`` -- the same loop, but its gathered documents (deduplicated) go to the
+  frozen generator, which answers: how the reference evaluates Search-R1 next to s3.
+* ``search-o1`` -- Search-o1-style agentic search with a *reason-in-documents* step: the LLM
+  reasons and writes ``<|begin_search_query|> q <|end_search_query|>``; the top-k docs for ``q``
+  are not pasted back raw but first read by the LLM in a separate call (given the question, the
+  reasoning so far and the query) that writes only what helps; that note comes back inside
+  ``<|begin_search_result|> ... <|end_search_result|>`` and the reasoning goes on, at most
+  ``search_o1_max_searches`` searches (default ``search.max_turns``).  The generator answers from
+  all retrieved docs (its own final answer and the notes are recorded in ``extra``).
+* ``cot`` -- closed-book chain of thought: the LLM reasons step by step and ends with "So the
+  answer is X"; X is scored (no retrieval; the LLM is ``--baseline-llm``, by default the
+  generator itself, so ``cot`` is the generator's own chain of thought).
 
 Which LLM serves the baselines' free-text calls: a generator service's ``Complete`` RPC.  `s3 eval`
 uses ``--baseline-llm ADDR`` (the address of any generator service -- start one with the searcher
@@ -43,9 +55,14 @@ __all__ = [
     "first_sentence",
     "search_r1_messages",
     "parse_search_r1",
+    "cot_messages",
+    "parse_cot_answer",
+    "search_o1_messages",
+    "reason_in_documents_messages",
+    "parse_search_o1",
 ]
 
-BASELINE_PROMPT_VERSION = "s3-baselines-v1"
+BASELINE_PROMPT_VERSION = "s3-baselines-v2"  # v2: + cot, search-o1 (v1 templates unchanged)
 
 # --- the LLM behind the baselines ----------------------------------------------------------------
 
@@ -291,9 +308,7 @@ def parse_search_r1(text: str) -> tuple[str, str]:
     return ("search", body) if body else ("invalid", "")
 
 
-@register_method("search-r1", needs_retriever=True, needs_llm=True)
-def search_r1(questions: Sequence[Question], ctx: MethodContext) -> list[MethodOutput]:
-    """Search-R1-style: the LLM runs <search>/<answer> turns itself; its own answer is scored."""
+def _search_r1_loop(questions: Sequence[Question], ctx: MethodContext) -> list[MethodOutput]:
     complete = _llm(ctx)
     max_searches = int(ctx.options.get("search_r1_max_searches", ctx.search_config.max_turns))
     max_new = int(ctx.options.get("search_r1_max_new_tokens", ctx.search_config.max_new_tokens))
@@ -345,5 +360,192 @@ def search_r1(questions: Sequence[Question], ctx: MethodContext) -> list[MethodO
             docs=dedup_docs(docs[i]), answer=answers[i] or "",
             extra={"queries": queries[i], "turns": len(raw[i]), "answered": bool(answers[i]), "raw": raw[i]},
         )
+        for i in range(len(questions))
+    ]
+
+
+@register_method("search-r1", needs_retriever=True, needs_llm=True)
+def search_r1(questions: Sequence[Question], ctx: MethodContext) -> list[MethodOutput]:
+    """Search-R1-style: the LLM runs <search>/<answer> turns itself; its own answer is scored."""
+    return _search_r1_loop(questions, ctx)
+
+
+@register_method("search-r1-context", needs_retriever=True, needs_llm=True)
+def search_r1_context(questions: Sequence[Question], ctx: MethodContext) -> list[MethodOutput]:
+    """Search-R1-style search; its gathered docs go to the generator, which answers (as the reference evaluates it)."""
+    out = []
+    for o in _search_r1_loop(questions, ctx):
+        out.append(MethodOutput(docs=o.docs, extra={**o.extra, "own_answer": o.answer}))
+    return out
+
+
+# --- CoT: closed-book chain of thought ---------------------------------------------------------------
+
+COT_MAX_NEW_TOKENS = 256
+_COT_SYSTEM = "You think step by step."
+_COT_USER = (
+    "Answer the question below. First reason step by step in a few short sentences. Then end with one "
+    "last line of the form \"So the answer is <answer>.\", where <answer> is a few words only{mc}.\n\n"
+    "Question: {question}"
+)
+_COT_MC = " (for a multiple-choice question: the option's letter)"
+
+
+def cot_messages(question: str) -> list[dict[str, str]]:
+    from s3core.metrics import parse_options
+
+    mc = _COT_MC if parse_options(question) else ""
+    return [{"role": "system", "content": _COT_SYSTEM},
+            {"role": "user", "content": _COT_USER.format(question=question.strip(), mc=mc)}]
+
+
+def parse_cot_answer(text: str) -> tuple[str, bool]:
+    """The answer after the last "so the answer is" (``(answer, True)``), else the reply's last
+    non-empty line (``(line, False)``), cut to ``MAX_ANSWER_CHARS``."""
+    low = text.lower()
+    i = low.rfind(ANSWER_PHRASE)
+    if i >= 0:
+        tail = text[i + len(ANSWER_PHRASE):]
+        tail = next((ln for ln in tail.splitlines() if ln.strip()), "")
+        ans = tail.strip().lstrip(":").strip().rstrip(".").strip()
+        return _clip(ans, MAX_ANSWER_CHARS), True
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (_clip(lines[-1], MAX_ANSWER_CHARS), False) if lines else ("", False)
+
+
+@register_method("cot", needs_retriever=False, needs_llm=True, uses_docs=False)
+def cot(questions: Sequence[Question], ctx: MethodContext) -> list[MethodOutput]:
+    """Closed-book chain of thought: the LLM reasons, then "So the answer is X"; X is scored."""
+    max_new = int(ctx.options.get("cot_max_new_tokens", COT_MAX_NEW_TOKENS))
+    texts = _llm(ctx)([cot_messages(q.question) for q in questions], max_new, 0.0, ())
+    out = []
+    for text in texts:
+        answer, phrased = parse_cot_answer(text)
+        out.append(MethodOutput(docs=[], answer=answer, extra={"cot": text, "answer_phrase": phrased}))
+    return out
+
+
+# --- Search-o1-style: agentic search with a reason-in-documents step --------------------------------
+
+SO1_QUERY_OPEN, SO1_QUERY_CLOSE = "<|begin_search_query|>", "<|end_search_query|>"
+SO1_RESULT_OPEN, SO1_RESULT_CLOSE = "<|begin_search_result|>", "<|end_search_result|>"
+SO1_STOPS = (SO1_QUERY_CLOSE, "</answer>")
+SO1_REASON_MAX_NEW_TOKENS = 160
+_SO1_SYSTEM = "You answer questions by reasoning step by step, and you can search Wikipedia while you reason."
+_SO1_USER = (
+    "Answer the question below. Reason step by step. Whenever you need a fact you do not know, write "
+    f"{SO1_QUERY_OPEN} a search query {SO1_QUERY_CLOSE} and stop; what the search found comes back inside "
+    f"{SO1_RESULT_OPEN} ... {SO1_RESULT_CLOSE}. You may search up to {{max_searches}} times. When you know the "
+    "answer, write it in a few words inside <answer> ... </answer>{mc}.\n\n"
+    "Question: {question}"
+)
+_SO1_MC = " (for a multiple-choice question: the option's letter)"
+_SO1_LAST = "No searches are left. Write your answer now inside <answer> ... </answer>."
+_SO1_FEEDBACK = f"Continue: write {SO1_QUERY_OPEN} a query {SO1_QUERY_CLOSE} or <answer> the answer </answer>."
+_RID_SYSTEM = "You read search results carefully and keep only what helps."
+_RID_USER = (
+    "Question: {question}\n\n"
+    "Reasoning so far:\n{reasoning}\n\n"
+    "Current search query: {query}\n\n"
+    "Search results:\n{docs}\n\n"
+    "Read the search results with the question, the reasoning so far and the query in mind. Write, in a few "
+    "sentences, only the facts from the results that help answer the query or the question. If none help, "
+    "write exactly: No helpful information found."
+)
+_SO1_OPEN = re.compile(r"<\|begin_search_query\|>|<answer>", re.IGNORECASE)
+
+
+def search_o1_messages(question: str, max_searches: int) -> list[dict[str, str]]:
+    from s3core.metrics import parse_options
+
+    mc = _SO1_MC if parse_options(question) else ""
+    return [{"role": "system", "content": _SO1_SYSTEM},
+            {"role": "user", "content": _SO1_USER.format(question=question.strip(), max_searches=max_searches, mc=mc)}]
+
+
+def reason_in_documents_messages(question: str, reasoning: str, query: str, docs: Sequence[Doc]) -> list[dict[str, str]]:
+    return [{"role": "system", "content": _RID_SYSTEM},
+            {"role": "user", "content": _RID_USER.format(question=question.strip(), reasoning=reasoning.strip() or "(none)",
+                                                         query=query, docs=format_context(docs) or "(no results)")}]
+
+
+def parse_search_o1(text: str) -> tuple[str, str]:
+    """One Search-o1 turn: ``("answer", text)``, ``("search", query)`` or ``("invalid", "")``;
+    the turn is cut at the first query close or ``</answer>``, the last opening marker decides."""
+    low = text.lower()
+    ends = [p for p in (low.find(s.lower()) for s in SO1_STOPS) if p >= 0]
+    cut = text[: min(ends)] if ends else text
+    opens = list(_SO1_OPEN.finditer(cut))
+    if not opens:
+        return "invalid", ""
+    last = opens[-1]
+    body = _one_line(cut[last.end():])
+    if last.group(0).lower() == "<answer>":
+        return "answer", _clip(body, MAX_ANSWER_CHARS)
+    body = _clip(body, MAX_QUERY_CHARS)
+    return ("search", body) if body else ("invalid", "")
+
+
+@register_method("search-o1", needs_retriever=True, needs_llm=True)
+def search_o1(questions: Sequence[Question], ctx: MethodContext) -> list[MethodOutput]:
+    """Search-o1-style: reasoning with searches, each result condensed by a reason-in-documents call; the generator answers from the docs."""
+    complete = _llm(ctx)
+    max_searches = int(ctx.options.get("search_o1_max_searches", ctx.search_config.max_turns))
+    max_new = int(ctx.options.get("search_o1_max_new_tokens", max(ctx.search_config.max_new_tokens, 256)))
+    convs = [search_o1_messages(q.question, max_searches) for q in questions]
+    reasoning = [""] * len(questions)
+    docs: list[list[Doc]] = [[] for _ in questions]
+    queries: list[list[str]] = [[] for _ in questions]
+    notes: list[list[str]] = [[] for _ in questions]
+    answers: list[str | None] = [None] * len(questions)
+    searches = [0] * len(questions)
+    active = list(range(len(questions)))
+    turn = 0
+    while active:
+        texts = complete([convs[i] for i in active], max_new, 0.0, list(SO1_STOPS))
+        to_search: list[tuple[int, str]] = []
+        nxt: list[int] = []
+        for i, text in zip(active, texts):
+            kind, body = parse_search_o1(text)
+            closing = {"search": SO1_QUERY_CLOSE, "answer": "</answer>"}.get(kind, "")
+            turn_text = text.rstrip() + closing
+            reasoning[i] += turn_text + "\n"
+            convs[i] = [*convs[i], {"role": "assistant", "content": turn_text}]
+            if kind == "answer":
+                answers[i] = body
+            elif searches[i] >= max_searches:
+                answers[i] = ""
+            elif kind == "search":
+                to_search.append((i, body))
+            else:
+                convs[i].append({"role": "user", "content": _SO1_FEEDBACK})
+                nxt.append(i)
+        found = _search_many(ctx, [q for _, q in to_search])
+        if to_search:
+            reads = complete([reason_in_documents_messages(questions[i].question, reasoning[i], q, found[q])
+                              for i, q in to_search], SO1_REASON_MAX_NEW_TOKENS, 0.0, ())
+        else:
+            reads = []
+        for (i, q), note in zip(to_search, reads):
+            searches[i] += 1
+            queries[i].append(q)
+            docs[i].extend(found[q])
+            note = _one_line(note) or "No helpful information found."
+            notes[i].append(note)
+            msg = f"{SO1_RESULT_OPEN} {note} {SO1_RESULT_CLOSE}"
+            reasoning[i] += msg + "\n"
+            if searches[i] >= max_searches:
+                msg += "\n\n" + _SO1_LAST
+            convs[i].append({"role": "user", "content": msg})
+            nxt.append(i)
+        active = sorted(nxt)
+        turn += 1
+        if turn > 2 * max_searches + 2:
+            for i in active:
+                answers[i] = ""
+            break
+    return [
+        MethodOutput(docs=dedup_docs(docs[i]), extra={"queries": queries[i], "notes": notes[i],
+                                                       "own_answer": answers[i] or "", "reasoning": reasoning[i]})
         for i in range(len(questions))
     ]
