@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="bm25s search threads, same in-process and in the service (0 = sequential)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (each round runs every batch both ways)")
+    p.add_argument("--batch-window-ms", type=float, default=None,
+                   help="the service's dynamic batch window (default: the service's, 2 ms; 0 = batching off)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the service")
     return p.parse_args(argv)
 
@@ -61,10 +63,13 @@ def load_queries(pattern: str, n: int) -> list[str]:
     return qs[:n]
 
 
-def start_service(index_dir: Path, threads: int, ready: Path, timeout: float) -> tuple[subprocess.Popen, dict]:
+def start_service(index_dir: Path, threads: int, ready: Path, timeout: float,
+                  batch_window_ms: float | None = None) -> tuple[subprocess.Popen, dict]:
     env = dict(os.environ, S3_LOG_LEVEL="WARNING")
     cmd = [sys.executable, "-m", "s3_retriever", "--index", str(index_dir), "--host", "127.0.0.1", "--port", "0",
            "--http-port", "0", "--ready-file", str(ready), "--threads", str(threads)]
+    if batch_window_ms is not None:
+        cmd += ["--batch-window-ms", str(batch_window_ms)]
     proc = subprocess.Popen(cmd, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -97,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = build_index(args.corpus, "bm25", index_dir, show_progress=False)
         build_s = time.perf_counter() - t0
         retriever = load_index(index_dir, threads=args.threads)
-        proc, ready = start_service(index_dir, args.threads, Path(tmp) / "ready.json", args.startup_timeout)
+        proc, ready = start_service(index_dir, args.threads, Path(tmp) / "ready.json", args.startup_timeout,
+                                    args.batch_window_ms)
         channel = grpc.insecure_channel(f"127.0.0.1:{ready['grpc_port']}",
                                         options=[("grpc.max_receive_message_length", 64 << 20)])
         stub = retriever_pb2_grpc.RetrieverStub(channel)
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     best_in, best_rpc, best_docs = max(inproc), max(rpc), max(rpc_docs)
     print(f"corpus: {manifest['num_documents']} docs (BM25 build {build_s:.1f} s); {len(queries)} queries, "
-          f"batch {args.batch}, k {args.k}, threads {args.threads}, {args.rounds} rounds (best of each)")
+          f"batch {args.batch}, k {args.k}, threads {args.threads}, {args.rounds} rounds (best of each), "
+          f"service batch window {'default' if args.batch_window_ms is None else f'{args.batch_window_ms:g} ms'}")
     print(f"same rankings in-process and over gRPC: {'yes' if same else 'NO'}")
     print(f"{'path':<36}{'q/s (best)':>12}{'q/s (all rounds)':>36}")
     rows = [("in-process BM25Retriever.search", best_in, inproc),

@@ -7,6 +7,9 @@ one encoder pass and one faiss search serve them all.  :class:`DynamicBatcher` d
 * requests for one index that arrive within ``window_s`` of the oldest waiting one are coalesced,
   up to ``max_queries`` queries per backend call (a request bigger than that runs alone; requests
   are never split);
+* the window is waited only when there is concurrency to wait for: when more than one request is
+  waiting, or the previous batch coalesced several.  A lone request after lone requests (one client
+  searching in a loop) runs at once -- it would wait the whole window for nobody;
 * the backend call runs on the batcher's own worker thread with ``k`` = the largest ``k`` of the
   batch; every request gets its own queries' lists cut to its own ``k`` (the top-``k`` of a ranked
   list is a prefix of its top-``K`` for ``K >= k``); identical query strings in one batch are
@@ -102,6 +105,7 @@ class DynamicBatcher(Generic[T]):
         self._cv = threading.Condition()
         self._closed = False
         self.backend_calls = 0  # backend calls made (batches run), for tests and logs
+        self._last_batch_requests = 0  # requests the previous batch coalesced (1: no concurrency seen)
         self._thread: threading.Thread | None = None
         if self.enabled:
             self._thread = threading.Thread(target=self._run, name=f"s3-batcher-{name or 'index'}", daemon=True)
@@ -172,7 +176,9 @@ class DynamicBatcher(Generic[T]):
                     return None
                 self._cv.wait()
             deadline = self._queue[0].t_submit + self.window_s
-            while not self._closed and self._queued < self.max_queries:
+            # batch only when requests are actually waiting: a lone request after lone ones goes now
+            concurrent = len(self._queue) > 1 or self._last_batch_requests > 1
+            while concurrent and not self._closed and self._queued < self.max_queries:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -189,6 +195,8 @@ class DynamicBatcher(Generic[T]):
                     batch.append(nxt)
                     n += len(nxt.queries)
             depth = self._queued
+            if batch:
+                self._last_batch_requests = len(batch)
         self.observer.queue_depth(depth)
         return batch
 
