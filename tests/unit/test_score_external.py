@@ -131,3 +131,35 @@ def test_contexts_go_to_the_generator_and_are_scored(tmp_path: Path) -> None:
     assert ("Capital of France?", ["Paris is the capital of France."]) in seen and len(seen) == 3
     assert out.datasets["nq"].genacc == pytest.approx(0.5) and out.datasets["popqa"].genacc == 1.0
     assert out.datasets["nq"].answer_recall_at_k == pytest.approx(0.5)
+
+
+def test_reference_context_file_on_real_popqa(shared_data: Path, tmp_path: Path) -> None:
+    """The reference's evaluation input ({question: {golden_answers, context_with_info}}), built here
+    from PopQA questions and their gold passages, is read back into the same documents."""
+    from s3core.data import load_questions
+    from s3core.data.io import parse_contents
+
+    qs = load_questions(shared_data / "wiki_qa" / "popqa.dev.jsonl", limit=6)
+    need = {i for q in qs for i in q.metadata["gold_passage_ids"]}
+    corpus = {}
+    with (shared_data / "wiki_corpus.jsonl").open() as fh:
+        for line in fh:
+            d = json.loads(line)
+            if d["id"] in need:
+                corpus[d["id"]] = parse_contents(d["contents"])
+    ref = {"An unrelated question from another set?": {"golden_answers": ["x"], "context_with_info": ""}}
+    for q in qs:
+        ctx = "".join(f"Doc {n} (Title: {corpus[i][0]})\n{corpus[i][1]}\n\n"
+                      for n, i in enumerate(q.metadata["gold_passage_ids"], start=1))
+        ref["  " + q.question + " "] = {"golden_answers": list(q.golden_answers), "context_with_info": ctx}
+    p = tmp_path / "s3_contexts.json"
+    p.write_text(json.dumps(ref, indent=2))
+    got = load_contexts(p, {"popqa": qs})
+    for q in qs:
+        docs = got[("popqa", q.id)]
+        assert [(d.title, d.text) for d in docs] == [(corpus[i][0], " ".join(corpus[i][1].split()))
+                                                     for i in q.metadata["gold_passage_ids"]]
+    del ref[next(k for k in ref if qs[2].question in k)]
+    p.write_text(json.dumps(ref))
+    with pytest.raises(InvalidArgument, match=f"no entry for 1 question.*popqa/{qs[2].id}"):
+        load_contexts(p, {"popqa": qs})

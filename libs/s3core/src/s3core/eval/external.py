@@ -11,7 +11,14 @@ Two inputs, one of them per run:
   or a Search-R1 ``/retrieve`` hit ``{"document": {...}, "score": ...}``.
 
 Rows are matched to the questions by ``dataset`` and ``id``; ``dataset`` may be left out when the
-id is in one question file only.  A row whose id is not among the questions, a duplicate row, and a
+id is in one question file only.
+
+The reference implementation's context files are read too (``--contexts`` of a ``.json`` file
+holding one object ``{question text: {"golden_answers": [...], "context_with_info": "Doc 1
+(Title: ...) ..."}}``, what its context-gathering scripts write for the evaluation step): entries
+are matched to the questions by their text (whitespace-collapsed), and ``context_with_info`` is
+split back into documents at its ``Doc n (Title: ...)`` headers.  Entries for other questions are
+ignored (such a file usually covers several datasets); a question with no entry is an error.  A row whose id is not among the questions, a duplicate row, and a
 question without a row are errors naming them (``file:line`` for rows).  Both files may be jsonl or
 Parquet.
 
@@ -23,6 +30,8 @@ Extra files: ``scored.jsonl`` (per row: id, dataset, prediction, em, f1, span, j
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,7 +44,16 @@ from s3core.eval.runner import EvalOutcome, evaluate
 from s3core.io import check_output_dir, write_jsonl
 from s3core.types import Doc, Question
 
-__all__ = ["ScoreJob", "load_contexts", "load_predictions", "parse_document", "run_score_job", "scored_rows"]
+__all__ = [
+    "ScoreJob",
+    "load_contexts",
+    "load_predictions",
+    "load_reference_contexts",
+    "parse_context_with_info",
+    "parse_document",
+    "run_score_job",
+    "scored_rows",
+]
 
 Key = tuple[str, str]  # (dataset, question id)
 
@@ -138,8 +156,91 @@ def load_predictions(path: str | Path, sets: dict[str, list[Question]]) -> dict[
 
 
 def load_contexts(path: str | Path, sets: dict[str, list[Question]]) -> dict[Key, list[Doc]]:
-    """``{(dataset, id): documents}``, one for every question of ``sets`` (module docstring)."""
+    """``{(dataset, id): documents}``, one for every question of ``sets`` (module docstring).
+    A reference-format ``.json`` context file is recognised and read with
+    :func:`load_reference_contexts`."""
+    ref = _reference_file(path)
+    if ref is not None:
+        return load_reference_contexts(path, sets, ref)
     return _match_rows(path, sets, "documents", _parse_documents)
+
+
+_DOC_HEADER = re.compile(r"(?:^|(?<=\s))Doc[ \t]*(\d+)[ \t]*\([ \t]*Title[ \t]*:[ \t]*", re.IGNORECASE)
+
+
+def parse_context_with_info(text: str) -> list[Doc]:
+    """Documents of a formatted context (``Doc n (Title: t) text`` or ``Doc n (Title: t)\\ntext``,
+    one after another).  A title may hold parentheses (``Paris (film)``); text before the first
+    header is ignored."""
+    heads = list(_DOC_HEADER.finditer(text))
+    docs: list[Doc] = []
+    for j, m in enumerate(heads):
+        end = heads[j + 1].start() if j + 1 < len(heads) else len(text)
+        chunk = text[m.end():end]
+        depth, cut = 1, -1
+        for pos, ch in enumerate(chunk):
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth == 0:
+                    cut = pos
+                    break
+            elif ch == "\n":
+                break
+        if cut < 0:  # no closing bracket on the header line: the title is the line
+            line, _, rest = chunk.partition("\n")
+            title, body = line.strip().rstrip(")"), rest
+        else:
+            title, body = chunk[:cut], chunk[cut + 1:]
+        docs.append(Doc(id=f"ctx{len(docs) + 1}", title=title.strip().strip('"'), text=" ".join(body.split())))
+    return docs
+
+
+def _reference_file(path: str | Path) -> dict[str, Any] | None:
+    """The parsed object when ``path`` is one JSON object of reference-format entries, else None."""
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() != ".json":
+        return None
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # JSON lines named .json: read as rows
+    if not isinstance(obj, dict) or not obj:
+        raise DataError(str(path), None, "a .json context file must be one object {question: {\"context_with_info\": ...}}")
+    for q, v in obj.items():
+        if not isinstance(v, dict) or not isinstance(v.get("context_with_info"), str):
+            raise DataError(str(path), None, f"entry {q[:80]!r}: expected {{\"context_with_info\": \"Doc 1 (Title: ...) ...\"}}")
+    return obj
+
+
+def _qtext(s: str) -> str:
+    return " ".join(s.split())
+
+
+def load_reference_contexts(path: str | Path, sets: dict[str, list[Question]],
+                            obj: dict[str, Any] | None = None) -> dict[Key, list[Doc]]:
+    """``{(dataset, id): documents}`` from a reference-format context file (module docstring)."""
+    obj = obj if obj is not None else _reference_file(path)
+    if obj is None:
+        raise DataError(str(path), None, "not a reference-format .json context file")
+    by_text: dict[str, list[Doc]] = {_qtext(q): parse_context_with_info(v["context_with_info"]) for q, v in obj.items()}
+    out: dict[Key, list[Doc]] = {}
+    missing: list[str] = []
+    for name, qs in sets.items():
+        for q in qs:
+            docs = by_text.get(_qtext(q.question))
+            if docs is None and "\nOptions:" in q.question:  # an entry keyed by the stem alone
+                docs = by_text.get(_qtext(q.question.split("\nOptions:", 1)[0]))
+            if docs is None:
+                missing.append(f"{name}/{q.id}")
+            else:
+                out[(name, q.id)] = docs
+    if missing:
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise InvalidArgument(f"{path}: no entry for {len(missing)} question(s) (matched by question text): "
+                              f"{', '.join(missing[:10])}{more}")
+    return out
 
 
 def _given(name: str, by_key: dict[Key, Any], contexts: bool) -> MethodSpec:
