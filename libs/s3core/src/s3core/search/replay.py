@@ -1,0 +1,111 @@
+"""Rebuild a trajectory's token sequence with another tokenizer (for supervised fine-tuning).
+
+A trajectory recorded by one searcher (say a bigger model, through ``s3 eval --method s3``) holds
+*that* model's token ids.  To train a different student on it, :func:`replay_tokens` lays the
+same episode out again, with the student's tokenizer, exactly as
+:func:`s3core.search.episode.run_episodes` would have laid it out had the student produced the same
+turns against the same search results:
+
+* prompt (mask 0): :func:`~s3core.search.prompts.searcher_messages` over block 0 rendered with
+  :func:`~s3core.search.prompts.render_block` (truncated to ``cfg.max_obs_tokens`` *student*
+  tokens), through :func:`~s3core.search.prompts.prompt_token_ids`;
+* per turn, the action (mask 1): ``encode(tokenizer, turn.raw_text)``;
+* per turn that did not end the episode, the observation (mask 0): the next information block
+  re-rendered with the student's tokenizer (a turn with a query), else the feedback text, with
+  :data:`~s3core.search.prompts.FINAL_TURN_NOTE` before the final turn -- the same functions the
+  engine calls, so the student's truncation of long blocks applies.
+
+Choices (documented in docs/training.md, "Warm start: s3 sft"):
+
+* **No end-of-sequence token is added to actions.**  ``Turn.raw_text`` skips special tokens, so an
+  EOS the original policy generated is not in it; well-formed turns end at a stop string
+  (``</query>``, ``<search_complete>true</search_complete>``, ``</search_complete>`` on the final
+  turn), where the engine cuts generation anyway, so the student needs no EOS to end a turn.
+* **Actions are re-tokenised canonically** (``encode`` of the text).  When the original policy is
+  the student itself and it generated the canonical tokenisation (the usual case), the replay is
+  token-for-token the rollout; a policy that produced a non-canonical split of the same text
+  replays as the canonical one (same text, same loss target up to tokenisation).
+
+The episode's structure is checked against ``cfg`` (turn count vs ``cfg.max_turns``, one block per
+query turn): a trajectory recorded with other search settings is refused with a message saying what
+does not fit, rather than replayed with a prompt that contradicts it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from s3core.config import SearchConfig
+from s3core.errors import InvalidArgument
+from s3core.search.prompts import (
+    block_observation,
+    encode,
+    feedback_observation,
+    prompt_token_ids,
+    render_block,
+    searcher_messages,
+)
+from s3core.search.trajectory import Trajectory
+
+__all__ = ["replay_tokens", "replay_trajectory"]
+
+
+def replay_tokens(traj: Trajectory, tokenizer: Any, cfg: SearchConfig) -> tuple[list[int], list[int], int]:
+    """``(token_ids, action_mask, prompt_length)`` of ``traj`` laid out with ``tokenizer``.
+
+    Raises :class:`~s3core.errors.InvalidArgument` when the trajectory has no block 0, no turn, more
+    turns than ``cfg.max_turns + 1``, a turn after the episode ended, or blocks that do not match
+    its query turns.
+    """
+    if not traj.blocks:
+        raise InvalidArgument(f"trajectory of question {traj.question.id!r} has no block 0 (the naive-RAG block)")
+    if not traj.turns:
+        raise InvalidArgument(f"trajectory of question {traj.question.id!r} has no turn")
+    if len(traj.turns) > cfg.max_turns + 1:
+        raise InvalidArgument(
+            f"trajectory of question {traj.question.id!r} has {len(traj.turns)} turns, more than "
+            f"search.max_turns + 1 = {cfg.max_turns + 1}: it was recorded with other search settings")
+    text0 = render_block(0, "", traj.blocks[0].docs, tokenizer, cfg.max_obs_tokens)
+    msgs = searcher_messages(traj.question.question, text0, select_max=cfg.select_max, max_turns=cfg.max_turns)
+    prompt = prompt_token_ids(tokenizer, msgs)
+    ids = list(prompt)
+    mask = [0] * len(prompt)
+    next_block = 1
+    last = len(traj.turns) - 1
+    for t, turn in enumerate(traj.turns):
+        action = encode(tokenizer, turn.raw_text)
+        ids.extend(action)
+        mask.extend([1] * len(action))
+        if t == last:
+            break
+        if turn.search_complete or t == cfg.max_turns:
+            raise InvalidArgument(f"trajectory of question {traj.question.id!r}: turn {t + 1} ended the episode "
+                                  f"but {last - t} more turn(s) follow")
+        final_next = t + 1 == cfg.max_turns
+        if turn.query is not None:
+            if next_block >= len(traj.blocks):
+                raise InvalidArgument(f"trajectory of question {traj.question.id!r}: turn {t + 1} searched but "
+                                      f"there is no block {next_block}")
+            block = traj.blocks[next_block]
+            text = render_block(next_block, block.query, block.docs, tokenizer, cfg.max_obs_tokens)
+            obs = block_observation(text, final_next=final_next)
+            next_block += 1
+        else:
+            obs = feedback_observation(final_next=final_next)
+        obs_ids = encode(tokenizer, obs)
+        ids.extend(obs_ids)
+        mask.extend([0] * len(obs_ids))
+    if next_block != len(traj.blocks):
+        raise InvalidArgument(f"trajectory of question {traj.question.id!r} has {len(traj.blocks)} blocks but "
+                              f"{next_block - 1} searching turn(s)")
+    if not any(mask):
+        raise InvalidArgument(f"trajectory of question {traj.question.id!r} has no action token (every turn is empty)")
+    return ids, mask, len(prompt)
+
+
+def replay_trajectory(traj: Trajectory, tokenizer: Any, cfg: SearchConfig) -> Trajectory:
+    """A copy of ``traj`` whose ``token_ids`` / ``action_mask`` / ``prompt_length`` are :func:`replay_tokens`'."""
+    import dataclasses
+
+    ids, mask, plen = replay_tokens(traj, tokenizer, cfg)
+    return dataclasses.replace(traj, token_ids=ids, action_mask=mask, prompt_length=plen)
