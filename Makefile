@@ -74,6 +74,9 @@ chart-render: deploy-tools ## print the chart rendered by Helm with its default 
 chart-lint: deploy-tools ## helm lint of the chart
 	@$(HELM_VENV)/bin/python tests/deploy/helm_render.py $(CHART) --lint
 
+chart-schema: setup ## regenerate values.schema.json (descriptions from values.yaml, config: from s3core/config.py)
+	$(BIN)/python deploy/helm/schema.py
+
 dashboards: setup ## regenerate the Grafana dashboards (deploy/helm/s3/dashboards/*.json) from deploy/grafana/dashboards.py
 	$(BIN)/python deploy/grafana/dashboards.py $(CHART)/dashboards
 
