@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render(new)
     if args.check:
         if text != current:
-            print(f"{SCHEMA} is out of date (values.yaml or s3core/config.py changed): run `make chart-schema`", file=sys.stderr)
+            print(f"{SCHEMA} is out of date (values.yaml or s3core/config.py changed): run `make chart-schema`",
+                  file=sys.stderr)
             return 1
         return 0
     SCHEMA.write_text(text)
