@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -28,6 +29,20 @@ from s3core.rpc.tls import open_channel
 from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
 
+logger = logging.getLogger(__name__)
+
+REFUSED_GRACE_S = 10.0  # wait_ready: a port refusing connections this long is a wrong or stale address
+WAIT_NOTE_S = 10.0  # wait_ready: say what is waited for this often
+_NOT_GRPC = ("Failed parsing HTTP/2", "Trying to connect an http1.x server")
+_KNOWN_SERVICES = ("s3.v1.Retriever", "s3.v1.Generator", "s3.v1.Searcher", "s3.v1.Learner", "s3.v1.Controller")
+
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -45,20 +60,71 @@ class _Client:
         self.channel = with_token(open_channel(address, options=_OPTIONS), token)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        """Block until the server's health check says SERVING (its index or model is loaded)."""
-        deadline = time.monotonic() + timeout
+    def wait_ready(self, timeout: float = 300.0, refused_grace: float = REFUSED_GRACE_S) -> None:
+        """Block until the server's health check says SERVING (its index or model is loaded).
+
+        Fails fast, with a message saying what is at the address, when it cannot be the service
+        asked for: another gRPC service (health answers NOT_FOUND for this service's name), something
+        that does not speak gRPC (e.g. a service's HTTP port), or a port that keeps refusing connections
+        for ``refused_grace`` seconds (a wrong or stale address; a server binds its port before it
+        loads, so one starting up is not refused for long).  The refusal rule applies to loopback
+        addresses only: behind a cluster Service a refused connection also means "no pod ready yet",
+        which is worth the whole ``timeout``.  While waiting, says what it waits for.
+        """
+        if not _is_loopback(self.address):
+            refused_grace = timeout
+        start = time.monotonic()
+        deadline = start + timeout
         last = "no answer"
+        refused_since: float | None = None
+        next_note = start + WAIT_NOTE_S
         while time.monotonic() < deadline:
             try:
                 resp = self._health.Check(health_pb2.HealthCheckRequest(service=self.service), timeout=5.0)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return
+                refused_since = None
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
             except grpc.RpcError as exc:
-                last = exc.code().name if hasattr(exc, "code") else str(exc)
+                code = exc.code() if hasattr(exc, "code") else None
+                details = (exc.details() if hasattr(exc, "details") else "") or ""
+                last = code.name if code is not None else str(exc)
+                if code == grpc.StatusCode.NOT_FOUND:
+                    raise Unavailable(f"{self.address} is not a {self.service} server: it serves "
+                                      f"{self._what_is_there()} (a wrong or swapped address?)") from None
+                if code == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _NOT_GRPC):
+                    raise Unavailable(f"{self.address} does not speak gRPC ({details.rsplit(': ', 1)[-1]}): "
+                                      f"not a {self.service} server -- an HTTP (/metrics) port or another "
+                                      "program's?") from None
+                if code == grpc.StatusCode.UNAVAILABLE and "refused" in details.lower():
+                    now = time.monotonic()
+                    refused_since = now if refused_since is None else refused_since
+                    if now - refused_since >= refused_grace:
+                        raise Unavailable(f"{self.service} at {self.address}: connection refused for "
+                                          f"{now - refused_since:.0f} s -- nothing listens there (a wrong or "
+                                          "stale address, or the service died)") from None
+                    last = "connection refused"
+                else:
+                    refused_since = None
+            if time.monotonic() >= next_note:
+                logger.warning("waiting for %s at %s to be SERVING (%s, %.0f s so far, at most %.0f s)",
+                               self.service, self.address, last, time.monotonic() - start, timeout)
+                next_note = time.monotonic() + WAIT_NOTE_S
             time.sleep(0.2)
         raise Unavailable(f"{self.service} at {self.address} not serving after {timeout:.0f}s (last: {last})")
+
+    def _what_is_there(self) -> str:
+        """Which of the platform's services the server at this address serves, for a message."""
+        found = []
+        for name in _KNOWN_SERVICES:
+            if name == self.service:
+                continue
+            try:
+                self._health.Check(health_pb2.HealthCheckRequest(service=name), timeout=2.0)
+                found.append(name)
+            except grpc.RpcError:
+                continue
+        return ", ".join(found) if found else "some other gRPC service"
 
     def close(self) -> None:
         self.channel.close()
