@@ -365,10 +365,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_state_dir(state_dir: str) -> bool:
+    """`s3 down` / `s3 status` read a state dir, never create one: a typo is said, not made a folder.
+    False when the default one does not exist (nothing was ever started)."""
+    from s3core.errors import NotFound
+
+    if os.path.isdir(os.path.join(state_dir, "run")):
+        return True
+    if state_dir == DEFAULT_STATE:
+        return False
+    raise NotFound(f"--state-dir {state_dir}: no s3 state there (nothing was started with it; "
+                       f"`s3 up` uses {DEFAULT_STATE} unless given --state-dir)")
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from s3core.runtime.local import LocalStack
 
-    stopped = LocalStack(args.state_dir).down()
+    stopped = LocalStack(args.state_dir).down() if _existing_state_dir(args.state_dir) else []
     _console().print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 
@@ -378,7 +391,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from s3core.runtime.local import LocalStack
 
-    procs = LocalStack(args.state_dir).status()
+    procs = LocalStack(args.state_dir).status() if _existing_state_dir(args.state_dir) else []
     t = Table(title="s3 services")
     for col in ("service", "pid", "address", "http (/metrics)"):
         t.add_column(col)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from s3core.config import GeneratorConfig, SearcherConfig
-from s3core.errors import NotFound, S3Error, Unavailable
+from s3core.errors import InvalidArgument, NotFound, S3Error, Unavailable
 from s3core.io import write_json
 from s3core.runtime.redis_server import find_redis_server, redis_command
 
@@ -156,6 +156,7 @@ class ProcInfo:
     http_port: int = 0
     log: str = ""
     started: str = ""  # the kernel's start time of pid: a record never names a later process with that pid
+    args: list[str] | None = None  # what it was started with (compared when asked to start it again)
 
     @property
     def address(self) -> str:
@@ -190,8 +191,18 @@ def require_searcher_installed() -> None:
                        "install services/searcher or give --searcher ADDR")
 
 
+def _abs(path: str) -> str:
+    """An absolute path for a path that exists (so the same index asked from two folders compares
+    equal); anything else (``lucene:NAME``, a comma list) as given."""
+    return str(Path(path).resolve()) if path and os.path.exists(path) else path
+
+
 def _cfg_args(config_path: str) -> list[str]:
-    return ["--config", config_path] if config_path else []
+    return ["--config", _abs(config_path)] if config_path else []
+
+
+def _show_args(args: list[str]) -> str:
+    return " ".join(args) if args else "no arguments"
 
 
 def free_port() -> int:
@@ -271,6 +282,10 @@ class LocalStack:
     def start_redis(self, port: int = 0) -> ProcInfo:
         existing = self.get("redis")
         if existing is not None:
+            if port and existing.grpc_port != port:
+                raise InvalidArgument(f"redis is already running on port {existing.grpc_port} (pid {existing.pid}, "
+                                      f"state dir {self.state_dir}), not on port {port} as asked; `s3 down"
+                                      f"{self._state_flag()}` first, or ask for port {existing.grpc_port}")
             return existing
         port = port or free_port()
         data = self.state_dir / "redis"
@@ -295,10 +310,21 @@ class LocalStack:
 
     def start_service(self, name: str, module: str, args: list[str], timeout: float = 600.0,
                       env: dict[str, str] | None = None) -> ProcInfo:
-        """Start ``python -m module args --port 0 --http-port 0 --ready-file ...`` and wait for it."""
+        """Start ``python -m module args --port 0 --http-port 0 --ready-file ...`` and wait for it.
+
+        One already running under this state dir is reused only if it was started with the same
+        ``args`` (else :class:`InvalidArgument` says what runs and what was asked); one still starting
+        is waited for, so its real ports are returned."""
         existing = self.get(name)
         if existing is not None:
-            return existing
+            if existing.args is not None and existing.args != list(args):
+                raise InvalidArgument(
+                    f"a {name} is already running (pid {existing.pid}, state dir {self.state_dir}) with "
+                    f"{_show_args(existing.args)}, not {_show_args(args)} as asked: it would keep serving what it "
+                    f"was started with. Stop it first (`s3 down{self._state_flag()}`), or use another --state-dir")
+            if existing.grpc_port:
+                return existing
+            return self._wait_started(name, existing, timeout)
         ready = self.run_dir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", module, *args, "--port", "0", "--http-port", "0", "--ready-file", str(ready)]
@@ -306,7 +332,7 @@ class LocalStack:
         log = str(self.log_dir / f"{name}.log")
         # recorded at once, so `down()` stops a service that is still loading too
         started = _start_time(proc.pid)
-        write_json(self._record(name), ProcInfo(name, proc.pid, log=log, started=started).__dict__)
+        write_json(self._record(name), ProcInfo(name, proc.pid, log=log, started=started, args=list(args)).__dict__)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -318,7 +344,7 @@ class LocalStack:
                 except ValueError:
                     time.sleep(0.05)
                     continue
-                info = ProcInfo(name, proc.pid, int(r["grpc_port"]), int(r["http_port"]), log, started)
+                info = ProcInfo(name, proc.pid, int(r["grpc_port"]), int(r["http_port"]), log, started, list(args))
                 write_json(self._record(name), info.__dict__)
                 return info
             time.sleep(0.1)
@@ -326,9 +352,26 @@ class LocalStack:
         self._record(name).unlink(missing_ok=True)
         raise Unavailable(f"{name} not ready after {timeout:.0f}s; last log lines:\n{_tail(log)}")
 
+    def _state_flag(self) -> str:
+        default = Path(os.environ.get("S3_HOME", ".s3")).resolve()
+        return "" if self.state_dir == default else f" --state-dir {self.state_dir}"
+
+    def _wait_started(self, name: str, info: ProcInfo, timeout: float) -> ProcInfo:
+        """Wait for a service another `s3 up` is starting to record its ports."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cur = self.get(name)
+            if cur is None:
+                raise S3Error(f"{name} (pid {info.pid}), started by another command, exited during start-up; last "
+                              f"log lines:\n{_tail(info.log)}")
+            if cur.grpc_port:
+                return cur
+            time.sleep(0.1)
+        raise Unavailable(f"{name} (pid {info.pid}), started by another command, not ready after {timeout:.0f}s")
+
     # -- the platform's services ----------------------------------------------------------------
     def start_retriever(self, index: str, config_path: str = "") -> ProcInfo:
-        return self.start_service("retriever", "s3_retriever", [*_cfg_args(config_path), "--index", index])
+        return self.start_service("retriever", "s3_retriever", [*_cfg_args(config_path), "--index", _abs(index)])
 
     def start_generator(self, cfg: GeneratorConfig, config_path: str = "") -> ProcInfo:
         args = [*_cfg_args(config_path), "--backend", cfg.backend, "--model", cfg.model]
