@@ -205,3 +205,15 @@ def test_empty_gold_rows_are_logged_with_their_line(tmp_path: Path, caplog: pyte
     out = evaluate({"nq": qs}, "no-retrieval", answer=lambda items: ["---" for _ in items], judge=None,
                    search=None, show_progress=False)
     assert out.datasets["nq"].genacc == 0.0 and out.datasets["nq"].unmatchable == 1
+
+
+def test_eval_job_spec_takes_mc_judge_only_and_sample() -> None:
+    from s3core.errors import ConfigError
+    from s3core.jobs.spec import parse_spec
+
+    base = "job: {questions: [mirage/medqa.dev.jsonl], methods: [no-retrieval], out: o"
+    spec = parse_spec(base + ", mc: 'on', judge_only: true, sample: 50, seed: 3}", "eval")  # YAML: quote on/off
+    assert (spec.args.mc, spec.args.judge_only, spec.args.sample, spec.args.seed) == ("on", True, 50, 3)
+    for bad, msg in ((", mc: maybe}", "mc must be"), (", sample: 5, limit: 5}", "not both"), (", sample: -1}", ">= 0")):
+        with pytest.raises(ConfigError, match=msg):
+            parse_spec(base + bad, "eval")

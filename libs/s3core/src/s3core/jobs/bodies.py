@@ -203,7 +203,8 @@ def run_eval(ctx: JobContext) -> None:
         questions=list(a.questions), methods=list(a.methods), out=a.out, index=a.index, k=a.k or cfg.eval.k,
         limit=a.limit or cfg.eval.limit, retriever=a.retriever, generator=a.generator, config=cfg,
         config_path=ctx.config_file(), show_progress=True, searcher=a.searcher, searcher_model=a.searcher_model,
-        baseline_llm=a.baseline_llm, seed=a.seed, ircot_steps=a.ircot_steps,
+        baseline_llm=a.baseline_llm, seed=a.seed, ircot_steps=a.ircot_steps, mc=a.mc, judge_only=a.judge_only,
+        sample=a.sample, sample_seed=a.seed,
     )
     ctx.progress(0.02, "starting services" if not a.generator else "connecting")
     ctx.models["generator"] = describe_model(cfg.generator.model) if not a.generator else {"address": a.generator}

@@ -104,8 +104,11 @@ class EvalArgs:
     searcher: str = ""
     searcher_model: str = ""  # policy of a searcher started for the run ("" = searcher.model)
     baseline_llm: str = ""  # host:port of a generator serving the LLM baselines ("" = the generator)
-    seed: int = 0  # rollout seed of the s3 methods
+    seed: int = 0  # rollout seed of the s3 methods (and of `sample`)
     ircot_steps: int = 3
+    mc: str = "auto"  # multiple-choice scoring: auto | on | off (docs/evaluation.md)
+    judge_only: bool = False  # GenAcc = the judge's verdict on every row (`s3 eval --judge only`)
+    sample: int = 0  # N questions of each file drawn at random with `seed` (0 = all / `limit`)
 
     def validate(self, path: str, cfg: Config) -> None:
         from s3core.eval.methods import get_spec
@@ -116,6 +119,11 @@ class EvalArgs:
         _non_negative(self, path, "k", "limit")
         if self.ircot_steps < 1:
             raise ConfigError(f"{path}.ircot_steps must be >= 1, got {self.ircot_steps}")
+        if self.mc not in ("auto", "on", "off"):
+            raise ConfigError(f"{path}.mc must be auto, on or off, got {self.mc!r}")
+        _non_negative(self, path, "sample")
+        if self.sample and self.limit:
+            raise ConfigError(f"{path}: give either limit or sample, not both")
         specs = []
         for i, m in enumerate(self.methods):
             try:
