@@ -70,6 +70,13 @@ def mean_of(hist: str, extra: str = "", by: str = "") -> str:
     return f"{rate(hist + '_sum', extra, by)} / {rate(hist + '_count', extra, by)}"
 
 
+def or_zero(expr: str, label_name: str) -> str:
+    """``expr``, or a 0 series labelled ``label_name="none"`` while it has no series: a labelled counter is born at
+    its first increment, so a panel of events that never happened (no auth failure, no lost worker: the healthy
+    state) would be empty instead of showing 0."""
+    return f'{expr} or on () label_replace(vector(0), "{label_name}", "none", "", "")'
+
+
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> dict[str, Any]:
     t: dict[str, Any] = {"datasource": DS, "expr": expr, "refId": ref, "legendFormat": legend or "__auto",
                          "range": not instant, "instant": instant, "editorMode": "code"}
@@ -436,11 +443,14 @@ def controller() -> dict[str, Any]:
         timeseries("Worker launches", [(increase("s3_controller_launches_total", by="backend, result", window=RI),
                                         "{{backend}} {{result}}")], "none",
                    "Worker launches (local processes or Kubernetes Jobs) per rate interval, by result."),
-        timeseries("Workers lost", [(increase("s3_controller_workers_lost_total", by="kind", window=RI), "{{kind}}")],
-                   "none", "Attempts failed because their worker died, hung or stopped sending heartbeats."),
-        timeseries("Auth failures", [(increase("s3_controller_auth_failures_total", by="method", window=RI),
-                                      "{{method}}")], "none",
-                   "RPCs rejected as UNAUTHENTICATED (missing or wrong bearer token), by method."),
+        timeseries("Workers lost", [(or_zero(increase("s3_controller_workers_lost_total", by="kind", window=RI),
+                                             "kind"), "{{kind}}")],
+                   "none", "Attempts failed because their worker died, hung or stopped sending heartbeats "
+                   "(0, kind none: no worker lost yet)."),
+        timeseries("Auth failures", [(or_zero(increase("s3_controller_auth_failures_total", by="method", window=RI),
+                                              "method"), "{{method}}")], "none",
+                   "RPCs rejected as UNAUTHENTICATED (missing or wrong bearer token), by method (0, method none: "
+                   "no failure yet)."),
         timeseries("Reconcile time", [(quantile(0.5, "s3_controller_reconcile_seconds"), "p50"),
                                       (quantile(0.99, "s3_controller_reconcile_seconds"), "p99")], "s",
                    "Time of one reconcile round."),

@@ -375,6 +375,23 @@ def test_every_panel_query_returns_data(scraped: Prometheus) -> None:
     assert not unlabelled, "\n".join(unlabelled)
 
 
+def test_panels_of_events_that_never_happened_show_zero(scraped: Prometheus) -> None:
+    """Auth failures and lost workers: labelled counters that exist only after a first event.  With the metric
+    absent (as in a cluster where no call was ever rejected) the panel shows a 0 series, legend label set."""
+    seen = 0
+    for _, title, t in _targets():
+        if title not in ("Auth failures", "Workers lost"):
+            continue
+        seen += 1
+        expr = _substitute(re.sub(r"s3_controller_(auth_failures|workers_lost)_total", "s3_never_exported_total",
+                                  t["expr"]))
+        result = scraped.query(expr)["data"]["result"]
+        assert [float(r["value"][1]) for r in result] == [0.0], (title, result)
+        (lab,) = re.findall(r"\{\{\s*(\w+)\s*\}\}", t["legendFormat"])
+        assert result[0]["metric"][lab] == "none", result
+    assert seen == 2
+
+
 def test_unscoped_queries_would_show_the_stranger(scraped: Prometheus) -> None:
     """The stranger check can fail: the same query without the job matcher sees the stranger."""
     scoped = _substitute('sum(process_resident_memory_bytes{namespace=~"$namespace",job=~"$job"})')
