@@ -160,3 +160,16 @@ def test_precompute_k_zero_is_refused_like_eval(world: dict[str, Path], no_servi
         rc = main([*cmd, "--questions", str(world["q1"]), "--index", str(_index(world)), "--k", "0"])
         err = capsys.readouterr().err
         assert rc == 2 and "--k must be >= 1" in err, (cmd, err)
+
+
+@pytest.mark.parametrize(("params", "needle"), [
+    ('{"k1": "fast"}', "k1 must be a number"), ('{"k1": -1}', "k1 must be >= 0"), ('{"b": 7}', "b must be in [0, 1]"),
+    ('{"method": "okapi"}', "method must be one of"), ('{"k1": true}', "k1 must be a number"),
+    ('{"delta": 1}', "unknown bm25 parameter(s): delta"),
+])
+def test_bm25_params_are_validated_before_the_build(world: dict[str, Path], tmp_path: Path, params: str, needle: str,
+                                                    capsys: Any) -> None:
+    assert _build(world["corpus"], tmp_path / "idx", "bm25", "--params", params) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing left

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -89,21 +91,66 @@ def write_jsonl(path: str | os.PathLike[str], rows: Any) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_dirs(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove what killed :func:`atomic_dir` builds of ``target`` left next to it -- ``.NAME.HOST-PID-*.tmp``
+    build dirs and ``.NAME.old-HOST-PID`` replaced ones (GBs for an index at wiki scale) -- when that
+    process is gone.  Only entries of this host are judged (another pod's pid means nothing here); a
+    live process' build is never touched.  Returns what was removed."""
+    t = Path(target)
+    host = _host_tag()
+    pat = re.compile(rf"^\.{re.escape(t.name)}\.(?:old-)?{re.escape(host)}-(\d+)(?:-.*\.tmp)?$")
+    removed = []
+    try:
+        entries = [e for e in t.parent.iterdir() if e.name.startswith(f".{t.name}.")]
+    except OSError:
+        return removed
+    for e in entries:
+        m = pat.match(e.name)
+        if m is None or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                e.unlink()
+        if not e.exists():
+            removed.append(e)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory under a temp name, then swap it into place in one rename.
 
-    An existing directory at ``path`` is replaced only after the new one is complete.
+    An existing directory at ``path`` is replaced only after the new one is complete.  The temp name
+    carries this host and pid, so that a later build sweeps what a killed one left
+    (:func:`sweep_stale_dirs`).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    sweep_stale_dirs(target)
+    tag = f"{_host_tag()}-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}-", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # as mkdir() would create it, not mkdtemp's 0700
         yield tmp
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f".{target.name}.old-{tag}")
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:

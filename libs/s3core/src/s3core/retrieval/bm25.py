@@ -7,6 +7,7 @@ The index covers ``title + "\\n" + text`` of every document.  Files under the in
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -34,6 +35,28 @@ TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 STOPWORDS = "en"
 STEMMER_LANGUAGE = "english"
 DEFAULT_PARAMS: dict[str, Any] = {"k1": 1.5, "b": 0.75, "method": "lucene"}
+BM25_METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")  # bm25s' scoring variants
+
+
+def check_bm25_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The bm25 build parameters with defaults filled in; :class:`InvalidArgument` naming the parameter
+    for an unknown key, a non-numeric or negative ``k1``, a ``b`` outside [0, 1] or an unknown ``method``."""
+    p = {**DEFAULT_PARAMS, **(params or {})}
+    unknown = set(p) - set(DEFAULT_PARAMS)
+    if unknown:
+        raise InvalidArgument(f"unknown bm25 parameter(s): {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(DEFAULT_PARAMS)})")
+    for key, lo, hi in (("k1", 0.0, math.inf), ("b", 0.0, 1.0)):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InvalidArgument(f"bm25 parameter {key} must be a number, got {v!r}")
+        if not lo <= v <= hi:
+            rng = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
+            raise InvalidArgument(f"bm25 parameter {key} must be {rng}, got {v!r}")
+        p[key] = float(v)
+    if p["method"] not in BM25_METHODS:
+        raise InvalidArgument(f"bm25 parameter method must be one of {', '.join(BM25_METHODS)}, got {p['method']!r}")
+    return p
 
 
 def doc_text(doc: Doc) -> str:
@@ -92,10 +115,7 @@ class BM25Retriever(Retriever):
     def build(docs: Iterable[Doc], out_dir: str | os.PathLike[str], show_progress: bool = True,
               params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Tokenize and index ``docs`` into ``out_dir``; returns ``(num_documents, params)``."""
-        p = {**DEFAULT_PARAMS, **(params or {})}
-        unknown = set(p) - set(DEFAULT_PARAMS)
-        if unknown:
-            raise InvalidArgument(f"unknown bm25 parameter(s): {', '.join(sorted(unknown))}")
+        p = check_bm25_params(params)
         out = Path(out_dir)
         writer = DocStoreWriter(out)
         tokenizer = Tokenizer(lower=True, splitter=TOKEN_PATTERN, stopwords=STOPWORDS,

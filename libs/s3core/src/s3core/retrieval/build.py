@@ -49,7 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from s3core.errors import DataError, InvalidArgument
-from s3core.io import write_json
+from s3core.io import _host_tag, sweep_stale_dirs, write_json
 from s3core.retrieval import ann
 from s3core.retrieval.store import DOCS_FILE, IDS_FILE, OFFSETS_FILE, DocStoreWriter
 from s3core.types import Doc
@@ -135,7 +135,7 @@ def _swap_into_place(new: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = target.with_name(f".{target.name}.old-{_host_tag()}-{os.getpid()}")  # swept if we die here
         os.replace(target, old)
     os.replace(new, target)
     if old is not None:
@@ -543,6 +543,7 @@ def build_dense_index(
         raise InvalidArgument(f"cannot split a corpus of at most {n_max} documents into {shards} shards")
 
     out = Path(out_dir)
+    sweep_stale_dirs(out)  # what killed builds left next to it (a replaced index caught mid-swap)
     work = work_dir_for(out)
     identity = {"corpus_sha256": corpus_sha256, "encoder": encoder, "limit": limit, "chunk_size": cs,
                 **{k: enc_p[k] for k in ("query_prefix", "passage_prefix", "batch_size", "max_seq_length")}}

@@ -108,6 +108,9 @@ def build_index(
                                  encoder=encoder, params=params, limit=limit, threads=threads,
                                  show_progress=show_progress, chunk_size=chunk_size, shards=shards, restart=restart,
                                  corpus_sha256=sha, corpus_lines=lines)
+    from s3core.retrieval.bm25 import check_bm25_params
+
+    check_bm25_params(params)  # a bad k1 / b / method before the corpus is read
     sha = corpus_sha256(corpus)  # also reports a missing corpus before any work
     docs = iter_corpus(corpus)
     if limit is not None:
