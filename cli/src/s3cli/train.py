@@ -18,7 +18,8 @@ def _config(args: argparse.Namespace) -> Any:
     train: dict[str, Any] = {}
     for flag, key in (("steps", "steps"), ("train_batch_size", "batch_size"), ("checkpoint_dir", "checkpoint_dir"),
                       ("learner", "learner"), ("searcher", "searcher"), ("generator", "generator"),
-                      ("retriever", "retriever"), ("seed", "seed"), ("save_every", "save_every")):
+                      ("retriever", "retriever"), ("seed", "seed"), ("save_every", "save_every"),
+                      ("val_every", "val_every"), ("val_limit", "val_limit"), ("val_batch_size", "val_batch_size")):
         value = getattr(args, flag, None)
         if value is not None:
             train[key] = value
@@ -26,6 +27,10 @@ def _config(args: argparse.Namespace) -> Any:
         train["questions"] = list(args.questions)
     if args.no_filter:
         train["filter"] = False
+    if args.val_questions:
+        train["val_questions"] = list(args.val_questions)
+    if args.val_before_train is not None:
+        train["val_before_train"] = args.val_before_train
     overrides: dict[str, Any] = {"train": train} if train else {}
     rl = {k: v for k, v in (("algorithm", args.algorithm), ("device", args.device)) if v is not None}
     if rl:
@@ -97,6 +102,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"step {summary.steps}, policy version {summary.version}")
     if summary.last_checkpoint:
         console.print(f"last checkpoint: {summary.last_checkpoint}")
+    if summary.validations:
+        v = Table(title="validation (held-out, eval temperature)")
+        for col in ("step", "version", "n", "GBR", "95% CI", "s3 GenAcc", "naive GenAcc"):
+            v.add_column(col, justify="right")
+        for r in summary.validations:
+            v.add_row(str(r["step"]), str(r["version"]), str(r["val_n"]), f"{r['val_gbr']:+.3f}",
+                      f"[{r['val_gbr_ci95_lo']:+.3f}, {r['val_gbr_ci95_hi']:+.3f}]", f"{r['val_s3_genacc']:.3f}",
+                      f"{r['val_naive_genacc']:.3f}")
+        console.print(v)
+    if summary.best:
+        b = summary.best
+        console.print(f"best by validation: step {b['step']} (GBR {b['val_gbr']:+.3f}, 95% CI "
+                      f"[{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}]): {b['policy_path']}; "
+                      f"validation curve: {ckdir / 'val_curve.png'}")
     console.print(f"reward curve: {ckdir / 'reward_curve.png'}; metrics: {ckdir / 'metrics.jsonl'}; "
                   f"TensorBoard: {cfg.train.log_dir or ckdir / 'tb'}")
     return 0
@@ -121,6 +140,15 @@ def add_parser(sub: Any) -> None:
                                                          "valid checkpoint")
     p.add_argument("--no-filter", action="store_true", help="train on every question (no naive-RAG filter)")
     p.add_argument("--seed", type=int, help="config train.seed")
+    p.add_argument("--val-questions", action="append", metavar="FILE",
+                   help="held-out validation question file (repeatable; train.val_questions); never a training "
+                        "question, never filtered")
+    p.add_argument("--val-every", type=int, help="validate after every N steps (train.val_every; 0 = only "
+                                                  "before/after training)")
+    p.add_argument("--val-before-train", action=argparse.BooleanOptionalAction, default=None,
+                   help="validate the initial policy before step 1 (train.val_before_train)")
+    p.add_argument("--val-limit", type=int, help="first N questions of each validation file (train.val_limit; 0 = all)")
+    p.add_argument("--val-batch-size", type=int, help="validation questions per searcher call (train.val_batch_size)")
     p.add_argument("--learner", metavar="ADDR", help="learner service host:port (default: update in this process)")
     p.add_argument("--searcher", metavar="ADDR", help="searcher service host:port (default: start one)")
     p.add_argument("--generator", metavar="ADDR", help="generator service host:port (default: start one)")

@@ -217,9 +217,16 @@ class TrainConfig:
     ray_address: str = ""  # ray backend: cluster address ("" = start a local Ray)
     num_workers: int = 1  # ray backend: data-parallel training workers
     use_gpu: bool = False  # ray backend: one GPU per worker
+    # validation: the served policy at search.temperature_eval on held-out questions (never filtered)
+    val_questions: list[str] = field(default_factory=list)  # FlashRAG files; must not share a question with training
+    val_every: int = 0  # validate after every N steps (0 = only before / after training, as set below)
+    val_before_train: bool = False  # validate the initial policy (step 0) before the first update
+    val_after_train: bool = True  # validate after the last step
+    val_limit: int = 0  # first N questions of each validation file (0 = all)
+    val_batch_size: int = 64  # validation questions per searcher Rollout call
 
     def validate(self, path: str) -> None:
-        for name in ("steps", "batch_size", "save_every", "num_workers"):
+        for name in ("steps", "batch_size", "save_every", "num_workers", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{path}.{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_last < 1:
@@ -230,6 +237,11 @@ class TrainConfig:
             raise ConfigError(f"{path}.questions must be a list of .jsonl paths")
         if not self.checkpoint_dir:
             raise ConfigError(f"{path}.checkpoint_dir is empty")
+        if not isinstance(self.val_questions, list) or not all(isinstance(q, str) and q for q in self.val_questions):
+            raise ConfigError(f"{path}.val_questions must be a list of question file paths")
+        for name in ("val_every", "val_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass

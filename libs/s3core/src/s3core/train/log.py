@@ -14,7 +14,9 @@ from s3core.io import write_jsonl
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainLogger", "read_metrics", "plot_rewards"]
+__all__ = ["TrainLogger", "read_metrics", "plot_rewards", "plot_validation", "VALIDATION"]
+
+VALIDATION = "validation"  # the ``kind`` of validation rows in metrics.jsonl (training rows: "train")
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -57,7 +59,7 @@ class TrainLogger:
                 self._wandb = wandb_mod.init(project=wandb_project, config=dict(config or {}), resume="allow")
 
     def log(self, step: int, row: Mapping[str, Any]) -> None:
-        rec = {"step": step, **row}
+        rec = {"step": step, "kind": "train", **row}
         self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -65,6 +67,22 @@ class TrainLogger:
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(f"train/{k}", v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def log_validation(self, step: int, row: Mapping[str, Any]) -> None:
+        """A validation row (``kind: "validation"``; TensorBoard and W&B under ``val/``, the ``val_``
+        prefix dropped)."""
+        rec = {"step": step, "kind": VALIDATION, **row}
+        self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        scalars = {f"val/{k.removeprefix('val_')}": float(v) for k, v in row.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
@@ -79,7 +97,7 @@ class TrainLogger:
 
 def plot_rewards(metrics_path: str | os.PathLike[str], out_png: str | os.PathLike[str], title: str = "") -> Path | None:
     """The reward curve (mean reward and mean GBR per step, with the share of improved questions)."""
-    rows = read_metrics(metrics_path)
+    rows = [r for r in read_metrics(metrics_path) if r.get("kind", "train") != VALIDATION]
     if not rows:
         return None
     import matplotlib
@@ -100,6 +118,42 @@ def plot_rewards(metrics_path: str | os.PathLike[str], out_png: str | os.PathLik
     ax.set_xlabel("RL step")
     ax.set_ylabel("value")
     ax.set_title(title or "s3 training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_png)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def plot_validation(metrics_path: str | os.PathLike[str], out_png: str | os.PathLike[str],
+                    title: str = "") -> Path | None:
+    """The validation curve: held-out GBR (with its bootstrap 95 % CI band), s3 GenAcc and naive-RAG
+    GenAcc against the RL step whose policy was validated (0 = the initial policy)."""
+    rows = [r for r in read_metrics(metrics_path) if r.get("kind") == VALIDATION]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows.sort(key=lambda r: r["step"])
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["val_gbr"] for r in rows], marker="o", label="held-out GBR")
+    ax.fill_between(steps, [r["val_gbr_ci95_lo"] for r in rows], [r["val_gbr_ci95_hi"] for r in rows], alpha=0.2,
+                    label="GBR 95% CI (bootstrap)")
+    ax.plot(steps, [r["val_s3_genacc"] for r in rows], marker="s", label="s3 GenAcc")
+    ax.plot(steps, [r["val_naive_genacc"] for r in rows], ls="--", label="naive-RAG GenAcc")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("RL step (policy validated)")
+    ax.set_ylabel("value")
+    ax.set_title(title or f"s3 validation (n={rows[-1].get('val_n', '?')})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out_png)

@@ -65,6 +65,8 @@ class TrainSummary:
     policy_path: str = ""
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    validations: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl validation rows, in order
+    best: dict[str, Any] = field(default_factory=dict)  # {step, version, val_gbr, ci95, policy_path} ({} = none)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "history"}
@@ -191,22 +193,11 @@ def _training_set(cfg: Config, ckdir: Path, run_state: dict[str, Any], ret: Any,
 
 
 def _score_contexts(trajs: Sequence[Any], gen: Any, judge: bool, batch: int = 64) -> list[float]:
-    """GenAcc (0/1) of the generator answering from each trajectory's s3 context."""
-    from s3core.eval.scoring import score_answers
+    """GenAcc (0/1) of the generator answering from each trajectory's s3 context (validation scores
+    with the same function)."""
+    from s3core.train.validate import score_contexts
 
-    items = [(t.question.question, list(t.context)) for t in trajs]
-    answers: list[str] = []
-    for i in range(0, len(items), batch):
-        answers += list(gen.answer(items[i : i + batch]).answers)
-    if len(answers) != len(items):
-        raise S3Error(f"generator returned {len(answers)} answers for {len(items)} contexts")
-
-    def judge_fn(x: Sequence[tuple[str, str, Sequence[str]]]) -> list[bool]:
-        return list(gen.judge(x).correct)
-
-    scores = score_answers([(t.question.question, a, t.question.golden_answers) for t, a in zip(trajs, answers)],
-                           judge_fn if judge else None)
-    return [1.0 if s.genacc else 0.0 for s in scores]
+    return score_contexts(trajs, gen, judge, batch)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -250,7 +241,7 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
     from s3core.rpc.convert import KNOB_FIELDS
     from s3core.train import metrics as train_metrics
     from s3core.train.data import TrainData
-    from s3core.train.log import TrainLogger, plot_rewards
+    from s3core.train.log import TrainLogger, plot_rewards, plot_validation
     from s3core.train.samples import ScoredTrajectory
 
     cfg, tc = job.config, job.config.train
@@ -263,6 +254,9 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
     for p in tc.questions:  # bad paths fail before any service starts
         if not Path(p).is_file():
             raise InvalidArgument(f"train.questions: {p}: no such file")
+    for p in tc.val_questions:
+        if not Path(p).is_file():
+            raise InvalidArgument(f"train.val_questions: {p}: no such file")
     group = cfg.rl.group_size if cfg.rl.algorithm == "grpo" else 1
     summary = TrainSummary(checkpoint_dir=str(ckdir))
 
@@ -287,9 +281,12 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
         start_step, version = int(status["step"]), int(status["policy_version"])
         summary.start_step = summary.steps = start_step
         summary.version = version
-        if start_step >= tc.steps:
+        val = _Validation(cfg, ckdir, run_state, start_step, model) if tc.val_questions else None
+        if start_step >= tc.steps and (val is None or not val.pending(start_step)):
             logger.info("nothing to do: the run is at step %d of %d", start_step, tc.steps)
             summary.last_checkpoint, summary.policy_path = status["last_checkpoint"], status["policy_path"]
+            if val is not None:
+                summary.validations, summary.best = val.rows(), val.best_summary()
             return summary
 
         addrs = stack.enter_context(local_services(
@@ -313,6 +310,8 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
                       "filtered_from": total, "model": model}
         rewards = RewardComputer.from_config(cfg.reward, cache, setup.key_fn(),
                                              compute=make_compute_fn(ret, gen, setup, cfg.eval.batch_size))
+        if val is not None:  # held out from training (refused otherwise), baselines precomputed, never filtered
+            val.prepare(questions, ret, gen, cache, setup, job.show_progress)
 
         # the searcher must serve the learner's current policy before the first rollout
         served = searcher.policy_info()
@@ -330,6 +329,23 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
         bar = tqdm(total=tc.steps, initial=start_step, desc=f"s3 train ({cfg.rl.algorithm})", unit="step",
                    disable=not job.show_progress)
         stack.callback(bar.close)
+
+        def validate(step: int, policy_path: str) -> None:
+            if val is None or not val.pending(step):
+                return
+            res = val.run(searcher, gen, step, version, policy_path or _resolve_model(model), judge)
+            tlog.log_validation(step, {**val.row(res), "val_is_best": res.is_best})
+            best = val.best.best
+            train_metrics.publish_validation(step, res.gbr, res.s3_genacc, res.naive_genacc, res.n, res.ci95,
+                                             None if best is None else best.step, None if best is None else best.gbr)
+            logger.info("validation of step %d (version %d): GBR %+.3f [%+.3f, %+.3f], s3 GenAcc %.3f, naive %.3f, "
+                        "n=%d", step, version, res.gbr, res.ci95[0], res.ci95[1], res.s3_genacc, res.naive_genacc,
+                        res.n)
+            if job.progress is not None:
+                job.progress(step / tc.steps, f"validation of step {step}: GBR {res.gbr:+.3f}")
+
+        # the policy the run (re)starts from: before training, or the resumed step's (a crash lost it)
+        validate(start_step, status["policy_path"] if version > 0 else "")
         for step in range(start_step + 1, tc.steps + 1):
             t0 = time.perf_counter()
             batch: list[Question] = data.next_batch(tc.batch_size)
@@ -353,11 +369,16 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
             scored = [ScoredTrajectory(t, r, a - b, a, b) for t, r, a, b in zip(trajs, rs, accs, bases)]
             t2 = time.perf_counter()
             run_state = {**base_state, "data": data.state(), "step": step}
+            if val is not None:  # the validations of the steps before this one (this step's comes after it)
+                run_state["validation"] = val.state()
             checkpoint = step % tc.save_every == 0 or step == tc.steps
             driver = {"rollout_seconds": t1 - t0, "reward_seconds": t2 - t1,
                       **{f"searcher_{k}": v for k, v in searcher.last_stats.items()}}
-            res = learner.update(scored, step, run_state, checkpoint, _mean(rs), driver)
+            # no metric: the best record is the driver's best validation (best.json), not a batch reward
+            res = learner.update(scored, step, run_state, checkpoint, None, driver)
             t3 = time.perf_counter()
+            if val is not None and res["checkpoint_path"]:
+                val.checkpointed()
             version = int(res["version"])
             searcher.load_policy(res["policy_path"], version)
             t4 = time.perf_counter()
@@ -391,11 +412,109 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
             bar.update(1)
             if job.progress is not None:
                 job.progress(step / tc.steps, f"step {step}/{tc.steps}: reward {row['reward_mean']:+.3f}")
+            validate(step, res["policy_path"])
         summary.seconds = time.perf_counter() - t_run
         plot_rewards(ckdir / "metrics.jsonl", ckdir / "reward_curve.png",
                      title=f"s3 {cfg.rl.algorithm} on {', '.join(Path(p).name for p in tc.questions) or 'resumed set'}")
+        if val is not None:
+            summary.validations, summary.best = val.rows(), val.best_summary()
+            plot_validation(ckdir / "metrics.jsonl", ckdir / "val_curve.png",
+                            title=f"s3 {cfg.rl.algorithm}: held-out validation "
+                                  f"({', '.join(Path(p).name for p in tc.val_questions)})")
         write_json(ckdir / "train_summary.json", summary.to_json())
     return summary
+
+
+class _Validation:
+    """The driver's validation state: the held-out questions, what was validated (``history``, also in
+    the run state of every update so a resumed run knows it) and the best policy (:class:`BestPolicy`).
+
+    The validation after step ``s`` runs once the learner has published version ``s``, so it reaches the
+    run state with step ``s + 1``'s update; a run resumed at step ``k`` therefore takes step ``k``'s
+    validation from ``metrics.jsonl`` when it was logged (same question set, same policy version), else
+    runs it again before going on."""
+
+    def __init__(self, cfg: Config, ckdir: Path, run_state: dict[str, Any], start_step: int, model: str) -> None:
+        from s3core.eval.job import load_question_sets
+        from s3core.train.log import VALIDATION, read_metrics
+        from s3core.train.validate import BestPolicy, ValidationResult
+
+        self.cfg, self.tc = cfg, cfg.train
+        self.sets = load_question_sets(self.tc.val_questions, limit=self.tc.val_limit)
+        self.questions = [q if q.dataset else _with_dataset(q, ds) for ds, qs in self.sets.items() for q in qs]
+        h = hashlib.sha256()
+        h.update(json.dumps([[q.dataset, q.id, q.question, list(q.golden_answers)] for q in self.questions]).encode())
+        h.update(json.dumps([cfg.search.temperature_eval, model]).encode())
+        self.fingerprint = h.hexdigest()
+        saved = run_state.get("validation") or {}
+        if saved.get("history") and saved.get("fingerprint") != self.fingerprint:
+            raise FailedPrecondition("train.val_questions / val_limit / search.temperature_eval changed since the "
+                                     "checkpoint was written: its validations (and best.json) are of another set; "
+                                     "resume with the same validation set or start a new run")
+        self.history = [ValidationResult.from_row(r) for r in saved.get("history") or []]
+        done = {r.step for r in self.history}
+        for r in read_metrics(ckdir / "metrics.jsonl"):
+            if (r.get("kind") == VALIDATION and int(r.get("step", -1)) == start_step and start_step not in done
+                    and int(r.get("version", -1)) == start_step and r.get("val_fingerprint") == self.fingerprint):
+                self.history.append(ValidationResult.from_row(r))
+                done.add(start_step)
+        self.history.sort(key=lambda r: r.step)
+        self.best = BestPolicy(ckdir)
+        self.best.reconcile(self.history, [r for r in self.history if r.step < start_step])
+
+    def pending(self, step: int) -> bool:
+        if any(r.step == step for r in self.history):
+            return False
+        if step == 0:
+            return self.tc.val_before_train
+        return (self.tc.val_every > 0 and step % self.tc.val_every == 0) or \
+            (step == self.tc.steps and self.tc.val_after_train)
+
+    def prepare(self, train_questions: Sequence[Question], ret: Any, gen: Any, cache: Any, setup: Any,
+                show_progress: bool) -> None:
+        from s3core.eval.precompute import precompute
+        from s3core.train.validate import check_no_overlap
+
+        check_no_overlap(self.sets, train_questions, "the training set (train.questions)")
+        precompute(self.sets, ret, gen, cache, k=setup.k, judge=setup.judge, batch_size=self.cfg.eval.batch_size,
+                   show_progress=show_progress, setup=setup)
+        self.cache, self.key_fn = cache, setup.key_fn()
+
+    def run(self, searcher: Any, gen: Any, step: int, version: int, policy_path: str, judge: bool) -> Any:
+        from s3core.rpc.convert import KNOB_FIELDS
+        from s3core.train.validate import run_validation
+
+        knobs: dict[str, Any] = {name: getattr(self.cfg.search, name) for name in KNOB_FIELDS}
+        knobs["temperature"] = self.cfg.search.temperature_eval
+        res = run_validation(self.questions, searcher, gen, self.cache, self.key_fn, knobs, step=step,
+                             version=version, judge=judge, seed=self.tc.seed * 1_000_003 + 7_919,
+                             batch_size=self.tc.val_batch_size, ci_seed=self.tc.seed)
+        res.is_best = self.best.offer(res, policy_path)  # copied and recorded before the row is logged
+        self.history.append(res)
+        return res
+
+    def row(self, r: Any) -> dict[str, Any]:
+        """A validation's ``metrics.jsonl`` fields (besides ``step`` and ``kind``)."""
+        return {**r.row(), "val_fingerprint": self.fingerprint}
+
+    def state(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "history": [{"step": r.step, **r.row()} for r in self.history]}
+
+    def checkpointed(self) -> None:
+        """The update just checkpointed :meth:`state` (sent with it)."""
+        self.best.checkpointed(list(self.history))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"step": r.step, "kind": "validation", **self.row(r)} for r in self.history]
+
+    def best_summary(self) -> dict[str, Any]:
+        return self.best.summary()
+
+
+def _with_dataset(q: Question, ds: str) -> Question:
+    from dataclasses import replace
+
+    return replace(q, dataset=ds)
 
 
 def _resolve_model(model: str) -> str:
