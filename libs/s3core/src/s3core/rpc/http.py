@@ -3,12 +3,20 @@
 Services add routes (the retriever's Search-R1-compatible ``POST /retrieve``).  Handlers receive the
 parsed JSON body and return ``(status, json_obj)``; a :class:`~s3core.errors.S3Error` becomes a 4xx
 JSON error with its message.
+
+With a token configured (``$S3_AUTH_TOKEN`` / ``$S3_AUTH_TOKEN_FILE``, as for gRPC) every route asks
+for ``Authorization: Bearer <token>`` (401 without it); ``/healthz`` stays open for probes, and
+``/metrics`` stays open unless ``$S3_AUTH_METRICS`` is true (Prometheus then sends the token).
+A connection that sends nothing for ``READ_TIMEOUT_S`` (a half-sent request, an idle keep-alive) is
+closed, so slow or stuck clients cannot hold the server's threads; the listen backlog is 128.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -21,16 +29,53 @@ logger = logging.getLogger(__name__)
 
 JsonHandler = Callable[[Any], tuple[int, Any]]
 MAX_BODY_BYTES = 16 * 1024 * 1024
+READ_TIMEOUT_S = 30.0
+METRICS_AUTH_ENV = "S3_AUTH_METRICS"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # socketserver's default listen backlog is 5
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class SideServer:
-    def __init__(self, host: str, port: int, ready: Callable[[], bool] | None = None) -> None:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool] | None = None, *,
+                 token: str | None = None, protect_metrics: bool | None = None,
+                 read_timeout: float = READ_TIMEOUT_S) -> None:
+        """``token`` ``None`` = the one the environment configures ("" = none), as for gRPC."""
+        from s3core.rpc.auth import load_token
+
         self.routes: dict[tuple[str, str], JsonHandler] = {}
         self._ready = ready or (lambda: True)
+        self._token = (load_token() if token is None else token.strip()).encode()
+        self._protect_metrics = (_truthy(os.environ.get(METRICS_AUTH_ENV)) if protect_metrics is None
+                                 else protect_metrics)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = read_timeout  # socket timeout: a request that stalls mid-way is dropped
+
+            def _authorized(self, path: str) -> bool:
+                """True when no token is needed or the right one came; else answers 401."""
+                if not outer._token or path == "/healthz" or (path == "/metrics" and not outer._protect_metrics):
+                    return True
+                scheme, _, got = (self.headers.get("Authorization") or "").partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(got.strip().encode(), outer._token):
+                    return True
+                self.close_connection = True
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", "Bearer")
+                body = json.dumps({"error": "missing or invalid token (expected 'Authorization: Bearer <token>')"})
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+                return False
 
             def log_message(self, fmt: str, *args: Any) -> None:  # quiet access log
                 logger.debug("http %s", fmt % args)
@@ -47,6 +92,8 @@ class SideServer:
 
             def do_GET(self) -> None:  # noqa: N802
                 path = self.path.split("?", 1)[0]
+                if not self._authorized(path):
+                    return
                 if path == "/metrics":
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
@@ -59,6 +106,8 @@ class SideServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 path = self.path.split("?", 1)[0]
+                if not self._authorized(path):
+                    return
                 if ("POST", path) not in outer.routes:
                     self._json(404, {"error": f"no route POST {path}"})
                     return
@@ -70,7 +119,11 @@ class SideServer:
                 if length < 0 or length > MAX_BODY_BYTES:
                     self._json(413, {"error": f"body must be at most {MAX_BODY_BYTES} bytes"})
                     return
-                raw = self.rfile.read(length)
+                try:
+                    raw = self.rfile.read(length)
+                except TimeoutError:  # a half-sent body: drop the connection, free the thread
+                    self.close_connection = True
+                    return
                 try:
                     body = json.loads(raw.decode("utf-8")) if raw else None
                 except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # too deep: RecursionError
@@ -92,8 +145,7 @@ class SideServer:
                     status, obj = 500, {"error": f"internal error: {type(exc).__name__}"}
                 self._json(status, obj)
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), Handler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="s3-http", daemon=True)
 
