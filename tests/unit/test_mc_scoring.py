@@ -217,3 +217,18 @@ def test_eval_job_spec_takes_mc_judge_only_and_sample() -> None:
     for bad, msg in ((", mc: maybe}", "mc must be"), (", sample: 5, limit: 5}", "not both"), (", sample: -1}", ">= 0")):
         with pytest.raises(ConfigError, match=msg):
             parse_spec(base + bad, "eval")
+
+
+def test_s3_eval_flags_reach_the_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import s3core.eval.job as job_mod
+    from s3cli.main import main
+
+    seen: list[Any] = []
+    monkeypatch.setattr(job_mod, "run_eval_job", lambda job: seen.append(job) or [])
+    assert main(["eval", "--questions", "q.jsonl", "--method", "no-retrieval", "--out", str(tmp_path / "o"),
+                 "--judge", "only", "--mc", "off", "--sample", "5", "--seed", "3"]) == 0
+    job = seen[0]
+    assert job.judge_only and job.config.generator.judge == "model" and job.mc == "off"
+    assert (job.sample, job.sample_seed, job.seed) == (5, 3, 3)
+    main(["eval", "--questions", "q.jsonl", "--method", "no-retrieval", "--out", str(tmp_path / "o"), "--judge", "none"])
+    assert not seen[1].judge_only and seen[1].config.generator.judge == "none" and seen[1].mc == "auto"
