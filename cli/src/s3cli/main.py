@@ -102,6 +102,26 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_import(args: argparse.Namespace) -> int:
+    import json
+
+    from s3core.errors import InvalidArgument
+    from s3core.retrieval.importing import import_faiss_index
+
+    params: dict[str, Any] = {}
+    if args.params:
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"--params is not valid JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise InvalidArgument("--params must be a JSON object, e.g. '{\"nprobe\": 64}'")
+    m = import_faiss_index(args.faiss, args.corpus, args.out, args.encoder, params=params)
+    _console().print(f"imported {m['params']['index_type']} index of {m['num_documents']} documents "
+                     f"({m['params']['imported']['how']}) → {args.out}", markup=False)
+    return 0
+
+
 # --- eval ----------------------------------------------------------------------------------------
 
 def _print_results(results: list[dict[str, Any]], out: str | None = None) -> None:
@@ -561,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--restart", action="store_true",
                    help="dense: discard OUT.partial/ from an interrupted build and start over")
     q.set_defaults(func=cmd_index_build)
+    q = isub.add_parser("import", help="make a dense index from a prebuilt faiss index and its corpus (no re-embedding)")
+    q.add_argument("--faiss", required=True, metavar="FILE", help="faiss index file, e.g. e5_Flat.index (inner product)")
+    q.add_argument("--corpus", required=True, help="the corpus the vectors were made from, in index row order")
+    q.add_argument("--encoder", required=True, help="the model that made the vectors, e.g. intfloat/e5-base-v2")
+    q.add_argument("--out", required=True, help="index directory to write (the faiss file is hard-linked or copied)")
+    q.add_argument("--params", metavar="JSON", help="query_prefix, passage_prefix, max_seq_length, nprobe, ef_search")
+    q.set_defaults(func=cmd_index_import)
 
     p = sub.add_parser("eval", help="evaluate a method on question sets through the services")
     p.add_argument("--questions", nargs="+", required=True, metavar="FILE", help="FlashRAG-format question files")
