@@ -232,3 +232,14 @@ def test_s3_eval_flags_reach_the_job(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert (job.sample, job.sample_seed, job.seed) == (5, 3, 3)
     main(["eval", "--questions", "q.jsonl", "--method", "no-retrieval", "--out", str(tmp_path / "o"), "--judge", "none"])
     assert not seen[1].judge_only and seen[1].config.generator.judge == "none" and seen[1].mc == "auto"
+
+
+def test_results_table_names_mc_sets_and_unmatchable_golds() -> None:
+    from s3core.eval.report import markdown_table
+
+    res = {"method": "m", "average": {"genacc": 0.5, "em": 0.5},
+           "datasets": {"medqa": {"n": 2, "genacc": 0.5, "em": 0.5, "mc": 2, "mc_accuracy": 0.5, "empty_golds": 0},
+                        "nq": {"n": 4, "genacc": 0.5, "em": 0.5, "empty_golds": 1}}}
+    table = markdown_table([res])
+    assert "Multiple choice (scored by the chosen option): medqa." in table
+    assert "can never match: nq 1." in table

@@ -80,6 +80,13 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     n = {d: r.get("n") for res in results for d, r in res["datasets"].items()}
     lines.append("")
     lines.append("GenAcc (EM), percent. Questions per dataset: " + ", ".join(f"{d} {v}" for d, v in n.items()) + ".")
+    mc = sorted({d for res in results for d, r in res["datasets"].items() if r.get("mc")})
+    if mc:
+        lines.append("Multiple choice (scored by the chosen option): " + ", ".join(mc) + ".")
+    empty = {d: r.get("empty_golds", 0) for res in results for d, r in res["datasets"].items() if r.get("empty_golds")}
+    if empty:
+        lines.append("Gold answers that normalise to nothing and can never match: "
+                     + ", ".join(f"{d} {v}" for d, v in empty.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
