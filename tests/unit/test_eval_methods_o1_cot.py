@@ -126,3 +126,40 @@ def test_search_r1_context_mode_gives_its_docs_to_the_generator() -> None:
     assert p.answered_by == "generator" and p.prediction == "Paris" and p.genacc  # the generator's, not "Lyon"
     assert p.extra["own_answer"] == "Lyon" and len(seen[0][1]) == 3
     assert out.datasets["toy"].answer_recall_at_k is not None
+
+
+def test_cot_and_search_o1_on_real_mirage_rows(shared_data) -> None:
+    """Real MIRAGE questions (options in the text): the LLM is told to answer with the letter, and
+    its "So the answer is (B)." / "<answer> B: text" replies are scored by the chosen option."""
+    from s3core.data import load_questions
+
+    qs = load_questions(shared_data / "mirage" / "medqa.dev.jsonl", limit=12)
+    gold = {q.question: q.golden_answers[0] for q in qs}
+    wrong = {q.question: next(k for k in q.metadata["options"] if k != q.golden_answers[0]) for q in qs}
+
+    def question_of(conv: list[dict[str, str]]) -> str:
+        return next(q for q in gold if q.strip() in conv[1]["content"])
+
+    def cot_reply(conv: list[dict[str, str]]) -> str:
+        q = question_of(conv)
+        assert "the option's letter" in conv[1]["content"]
+        return f"Reasoning about the case. So the answer is ({gold[q] if len(q) % 2 else wrong[q]})."
+
+    out = evaluate({"medqa": qs}, "cot", answer=spy_answer([]), judge=None, search=None, complete=ScriptedLLM(cot_reply),
+                   show_progress=False)
+    want = [len(q.question) % 2 == 1 for q in qs]
+    assert [p.genacc for p in out.predictions] == want and out.datasets["medqa"].mc == 12
+
+    def o1_reply(conv: list[dict[str, str]]) -> str:
+        if conv[0]["content"].startswith("You read"):
+            return "Nothing decisive."
+        q = question_of(conv)
+        return f"<answer> {gold[q]}: {qs[0].metadata['options'].get(gold[q], '')}" if len(conv) > 2 \
+            else f"{SO1_QUERY_OPEN} {q.split(chr(10))[0][:60]}"
+
+    seen: list[Any] = []
+    out = evaluate({"medqa": qs}, "search-o1", answer=lambda items: seen.extend(items) or ["A" for _ in items],
+                   judge=None, search=FakeSearch(), k=2, complete=ScriptedLLM(o1_reply), show_progress=False)
+    assert len(seen) == 12 and all(len(docs) == 2 for _, docs in seen)  # the generator answers from the docs
+    assert [p.choice for p in out.predictions] == ["A"] * 12
+    assert [p.genacc for p in out.predictions] == [q.golden_answers[0] == "A" for q in qs]
