@@ -297,6 +297,19 @@ def test_liveness_asks_only_the_process(profile: str, profile_render: Callable[[
         assert "grpc" in c["readinessProbe"] and "grpc" in c["startupProbe"], component
 
 
+def test_liveness_needs_no_token_when_metrics_are_protected(render: Callable[..., Rendered]) -> None:
+    """S3_AUTH_METRICS true: /metrics answers 401 without the token kubelet never sends, so liveness connects to
+    the HTTP port instead (a probe that always failed would restart-loop every pod)."""
+    r = render(set_values={"generator": {"extraEnv": [{"name": "S3_AUTH_METRICS", "value": "true"}]}})
+    for component in COMPONENTS:
+        (c,) = r.deployment(component)["spec"]["template"]["spec"]["containers"]
+        http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
+        want = {"tcpSocket": {"port": http}} if component == "generator" else \
+            {"httpGet": {"path": "/metrics", "port": http}}
+        assert {k: v for k, v in c["livenessProbe"].items() if k in ("tcpSocket", "httpGet")} == want, component
+    assert not apirules.check(r.docs)
+
+
 def _get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
