@@ -391,6 +391,19 @@ def test_the_index_job_builds_the_index_the_retriever_serves(profile_render: Cal
         render(set_values={"retriever": {"indexBuild": {"backend": "dense"}}})
 
 
+def test_only_a_real_model_judges(profile_render: Callable[[str], Rendered], tmp_path: Path) -> None:
+    """The embedded 135M generator does not judge GenAcc (span match only); the GPU profile's 14B one does."""
+    from s3core.config import load_config
+    from s3core.jobs.spec import parse_spec
+
+    for profile, judge in (("default", "none"), ("cpu", "none"), ("gpu", "model")):
+        r = profile_render(profile)
+        (tmp_path / f"{profile}.yaml").write_text(r.get("ConfigMap", f"{RELEASE}-config")["data"]["config.yaml"])
+        assert load_config(tmp_path / f"{profile}.yaml").generator.judge == judge, profile
+        templates = r.get("ConfigMap", f"{RELEASE}-job-templates")["data"]
+        assert parse_spec(templates["eval.yaml"]).config.generator.judge == judge, profile
+
+
 # --- helm test --------------------------------------------------------------------------------------------
 
 def test_helm_test_hook_checks_every_service(profile_render: Callable[[str], Rendered],
