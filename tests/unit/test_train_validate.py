@@ -13,8 +13,7 @@ import pytest
 from s3core.config import ConfigError, load_config
 from s3core.errors import InvalidArgument
 from s3core.train.log import TrainLogger, plot_rewards, plot_validation, read_metrics
-from s3core.train.validate import (BestPolicy, ValidationResult, bootstrap_ci, check_no_overlap,
-                                   paired_bootstrap_ci)
+from s3core.train.validate import BestPolicy, ValidationResult, bootstrap_ci, check_no_overlap, paired_bootstrap_ci
 from s3core.types import Question
 
 
@@ -160,3 +159,21 @@ def test_validation_config_errors() -> None:
                           ({"val_questions": "dev.jsonl"}, "train.val_questions")]:
         with pytest.raises(ConfigError, match=message):
             load_config(overrides={"train": over})
+
+
+def test_s3_train_validation_flags(tmp_path: Path) -> None:
+    from s3cli.main import build_parser
+    from s3cli.train import _config
+
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"id": "1", "question": "q?", "golden_answers": ["a"]}\n')
+    args = build_parser().parse_args(["train", "--questions", str(train), "--val-questions", "a.jsonl",
+                                      "--val-questions", "b.jsonl", "--val-every", "3", "--val-before-train",
+                                      "--val-limit", "50", "--val-batch-size", "16"])
+    cfg, embedded = _config(args)
+    assert not embedded
+    t = cfg.train
+    assert (t.val_questions, t.val_every, t.val_before_train, t.val_limit, t.val_batch_size) == (
+        ["a.jsonl", "b.jsonl"], 3, True, 50, 16)
+    cfg, _ = _config(build_parser().parse_args(["train", "--questions", str(train), "--no-val-before-train"]))
+    assert cfg.train.val_before_train is False and cfg.train.val_questions == []

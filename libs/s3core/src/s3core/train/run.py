@@ -257,6 +257,13 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
     for p in tc.val_questions:
         if not Path(p).is_file():
             raise InvalidArgument(f"train.val_questions: {p}: no such file")
+    if tc.val_questions and tc.questions:  # held out from the training files: refused before any work
+        from s3core.eval.job import load_question_sets
+        from s3core.train.validate import check_no_overlap
+
+        check_no_overlap(load_question_sets(tc.val_questions, limit=tc.val_limit),
+                         [q for qs in load_question_sets(tc.questions).values() for q in qs],
+                         "the training set (train.questions)")
     group = cfg.rl.group_size if cfg.rl.algorithm == "grpo" else 1
     summary = TrainSummary(checkpoint_dir=str(ckdir))
 
