@@ -245,6 +245,37 @@ class TrainConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised warm start of the searcher (`s3 sft`): NLL of teacher actions, RL's masks."""
+
+    trajectories: list[str] = field(default_factory=list)  # trajectories.jsonl files (`s3 eval --method s3`)
+    only_correct: bool = False  # keep only trajectories whose context the generator answered correctly
+    epochs: int = 3  # passes over the teacher trajectories
+    lr: float = 5e-5  # AdamW learning rate (constant; rl.weight_decay applies)
+    batch_size: int = 8  # trajectories per optimiser step
+    micro_batch_size: int = 2  # trajectories per forward/backward (gradient accumulation)
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    seed: int = 0  # shuffling of the trajectories, epoch by epoch
+    out: str = "runs/sft"  # sft_metrics.jsonl, teacher_trajectories.jsonl and the policy/ folder
+    max_examples: int = 0  # most trajectories trained on (0 = all)
+
+    def validate(self, path: str) -> None:
+        for name in ("epochs", "batch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.lr < 1.0:
+            raise ConfigError(f"{path}.lr must be in (0, 1), got {self.lr}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"{path}.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        if self.max_examples < 0:
+            raise ConfigError(f"{path}.max_examples must be >= 0 (0 = all), got {self.max_examples}")
+        if not isinstance(self.trajectories, list) or not all(isinstance(t, str) and t for t in self.trajectories):
+            raise ConfigError(f"{path}.trajectories must be a list of .jsonl paths")
+        if not self.out:
+            raise ConfigError(f"{path}.out is empty")
+
+
+@dataclass
 class LearnerConfig:
     """Learner service (PPO/GRPO updates, checkpoints, weight sync)."""
 
@@ -286,6 +317,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     state_dir: str = ".s3"  # pid files, logs and caches of the embedded default
 
     def validate(self) -> "Config":
@@ -344,6 +376,7 @@ class Config:
             raise ConfigError(f"eval.limit must be >= 0, got {self.eval.limit}")
         self.rl.validate("rl")
         self.train.validate("train")
+        self.sft.validate("sft")
         for p in ("port", "http_port"):
             if not 0 <= getattr(self.learner, p) <= 65535:
                 raise ConfigError(f"learner.{p} must be a TCP port (0-65535), got {getattr(self.learner, p)}")
