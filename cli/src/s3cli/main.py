@@ -171,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config_path=args.config or "", show_progress=not args.quiet,
         searcher=args.searcher or "", searcher_model=args.searcher_model or "", baseline_llm=args.baseline_llm or "",
         seed=args.seed, ircot_steps=args.ircot_steps, mc=args.mc, judge_only=judge_only,
-        sample=args.sample or 0, sample_seed=args.seed,
+        sample=args.sample or 0, sample_seed=args.seed, restart=args.restart,
     )
     results = run_eval_job(job)
     _print_results(results, args.out)
@@ -618,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'Options:' block) are scored by the chosen option; on = every row must have options; "
                         "off = score every row as open text")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--restart", action="store_true",
+                   help="evaluate from scratch; by default a rerun with the same questions, models and settings "
+                        "skips finished methods and resumes the one interrupted, batch by batch")
     _common_config(p)
     _generator_flags(p, judge_only=True)
     p.set_defaults(func=cmd_eval)

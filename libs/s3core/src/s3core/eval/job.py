@@ -12,6 +12,7 @@ generator itself).  All s3 variants of one job share one trajectory per question
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,9 +23,11 @@ from s3core.data import load_questions
 from s3core.errors import InvalidArgument, NotFound
 from s3core.eval.baselines import BASELINE_PROMPT_VERSION, complete_via_generator
 from s3core.eval.methods import TrajectoryCache, get_spec
+from s3core.eval.progress import PROGRESS_FILE, ProgressLog, fingerprint
 from s3core.eval.report import write_outcome, write_summary
 from s3core.eval.runner import evaluate
 from s3core.rpc.clients import GeneratorClient, SearcherClient, retriever_client
+from s3core.rpc.retry import RetryPolicy, call_with_retry
 from s3core.runtime.local import LocalStack, require_searcher_installed, run_state_dir
 from s3core.types import Question
 
@@ -53,6 +56,7 @@ class EvalJob:
     judge_only: bool = False  # GenAcc = the judge's verdict on every row (`--judge only`)
     sample: int = 0  # N questions per file drawn at random with sample_seed (0: all, or the first `limit`)
     sample_seed: int = 0
+    restart: bool = False  # discard what an earlier run of this evaluation finished (else resume from it)
 
 
 def load_question_sets(paths: Sequence[str], limit: int = 0, *, mc: str = "auto", sample: int = 0,
@@ -212,26 +216,24 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
                           "checkpoint_path": pi.checkpoint_path}
                 rollout = _rollout_fn(searcher, job)
 
+            # a generator that fails UNAVAILABLE (restarting, overloaded) is retried, as the searcher
+            # retries the retriever; answering and judging are idempotent
+            policy_retry = RetryPolicy(retries=6, backoff_s=0.5, max_backoff_s=8.0)
+
             def answer(items: Any) -> list[str]:
-                return list(gen.answer(items).answers)
+                return list(call_with_retry(lambda: gen.answer(items), policy_retry, what="generator Answer").answers)
 
             def judge(items: Any) -> list[bool]:
-                return list(gen.judge(items).correct)
+                return list(call_with_retry(lambda: gen.judge(items), policy_retry, what="generator Judge").correct)
 
             use_judge = job.config.generator.judge == "model" or job.judge_only
             cache = TrajectoryCache()  # one trajectory per question for every s3 variant of this job
             # the searcher gets up to 32 questions per Rollout, however small the generator's batches
             options = {"ircot_steps": job.ircot_steps, "rollout_batch_size": max(32, job.config.eval.batch_size),
                        "judge_mode": "only" if job.judge_only else "fallback", "mc": job.mc}
+            targets = []
             for spec in specs:
                 method = spec.name
-                outcome = evaluate(
-                    sets, method, answer=answer, judge=judge if use_judge else None,
-                    search=ret.search if ret is not None and spec.needs_retriever else None,
-                    k=job.k, batch_size=job.config.eval.batch_size, show_progress=job.show_progress,
-                    complete=complete if spec.needs_llm else None, rollout=rollout if spec.needs_searcher else None,
-                    search_config=job.config.search, trajectory_cache=cache, options=options,
-                )
                 cfg: dict[str, Any] = {
                     "method": method, "k": job.k, "limit": job.limit, "index": job.index,
                     "questions": list(job.questions), "generator_model": info.model,
@@ -245,13 +247,78 @@ def run_eval_job(job: EvalJob) -> list[dict[str, Any]]:
                     if method == "ircot":
                         cfg["ircot_steps"] = job.ircot_steps
                 if spec.needs_searcher:
-                    versions = sorted({t.policy_version for _, _, t, _ in outcome.trajectories})
                     cfg.update(searcher=job.searcher or "started for the run", **policy,
-                               search=asdict(job.config.search), seed=job.seed, trajectory_policy_versions=versions)
+                               search=asdict(job.config.search), seed=job.seed)
                 target = out if len(job.methods) == 1 else out / method
+                targets.append(target)
+                fp = _fingerprint(cfg, sets, job)
+                if job.restart:
+                    (target / PROGRESS_FILE).unlink(missing_ok=True)
+                prev = None if job.restart else _finished(target, fp)
+                progress = ProgressLog(target / PROGRESS_FILE, fp)
+                if prev is not None:  # finished by an earlier run of this same evaluation
+                    logger.warning("%s: already evaluated in %s (same questions, models and settings); "
+                                   "pass --restart to evaluate again", method, target)
+                    _seed_trajectories(cache, progress, sets)
+                    progress.close()
+                    results.append(prev)
+                    continue
+                try:
+                    outcome = evaluate(
+                        sets, method, answer=answer, judge=judge if use_judge else None,
+                        search=ret.search if ret is not None and spec.needs_retriever else None,
+                        k=job.k, batch_size=job.config.eval.batch_size, show_progress=job.show_progress,
+                        complete=complete if spec.needs_llm else None,
+                        rollout=rollout if spec.needs_searcher else None,
+                        search_config=job.config.search, trajectory_cache=cache, options=options, progress=progress,
+                    )
+                finally:
+                    progress.close()
+                if spec.needs_searcher:
+                    cfg["trajectory_policy_versions"] = sorted({t.policy_version for _, _, t, _ in outcome.trajectories})
+                cfg["fingerprint"] = fp
                 results.append(write_outcome(target, outcome, cfg))
         finally:
             for c in clients:
                 c.close()
     write_summary(out, results)
+    for target in targets:  # the whole job is done: nothing left to resume
+        (target / PROGRESS_FILE).unlink(missing_ok=True)
     return results
+
+
+def _fingerprint(cfg: dict[str, Any], sets: dict[str, list[Question]], job: EvalJob) -> str:
+    """What a method's results depend on: its config record, the questions (ids, texts, golds) and the
+    index's identity.  A rerun resumes only an evaluation with the same fingerprint."""
+    from s3core.retrieval.index import MANIFEST
+
+    index_id: Any = None
+    if job.index and (Path(job.index) / MANIFEST).is_file():
+        try:
+            m = json.loads((Path(job.index) / MANIFEST).read_text(encoding="utf-8"))
+            index_id = [m.get("corpus_sha256"), m.get("created_at"), m.get("params")]
+        except (OSError, ValueError):
+            index_id = None
+    qs = {name: fingerprint([[q.id, q.question, list(q.golden_answers)] for q in v]) for name, v in sets.items()}
+    return fingerprint({"config": cfg, "questions": qs, "index": index_id, "batch_size": job.config.eval.batch_size})
+
+
+def _finished(target: Path, fp: str) -> dict[str, Any] | None:
+    try:
+        res = json.loads((target / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(res, dict) and isinstance(res.get("config"), dict) and res["config"].get("fingerprint") == fp \
+            and (target / "predictions.jsonl").is_file():
+        return res
+    return None
+
+
+def _seed_trajectories(cache: TrajectoryCache, progress: ProgressLog, sets: dict[str, list[Question]]) -> None:
+    """The episodes of an s3 variant finished earlier, for the variants still to run (one per question)."""
+    for name, batches in progress.batches.items():
+        by_id = {q.id: q for q in sets.get(name, [])}
+        for _, trajs, _ in batches:
+            for qid, t, _ in trajs:
+                if qid in by_id:
+                    cache.put(by_id[qid], t)

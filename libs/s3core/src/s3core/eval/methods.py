@@ -80,6 +80,10 @@ class TrajectoryCache:
                 self._by_q[_qkey(q)] = t
         return [self._by_q[_qkey(q)] for q in questions]
 
+    def put(self, q: Question, t: Trajectory) -> None:
+        """Record ``q``'s trajectory (e.g. one read back from an interrupted run's progress)."""
+        self._by_q.setdefault(_qkey(q), t)
+
 
 @dataclass
 class MethodContext:

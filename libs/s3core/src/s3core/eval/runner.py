@@ -25,6 +25,7 @@ from s3core.eval.methods import (
     TrajectoryCache,
     get_spec,
 )
+from s3core.eval.progress import ProgressLog
 from s3core.eval.scoring import score_answers
 from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
@@ -98,6 +99,9 @@ class EvalOutcome:
         return out
 
 
+_COUNTERS = ("empty_golds", "unmatchable", "judge_calls", "mc")  # DatasetResult counts a batch adds to
+
+
 def _chunks(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:
     return [seq[i : i + n] for i in range(0, len(seq), n)]
 
@@ -118,6 +122,7 @@ def evaluate(
     trajectory_cache: TrajectoryCache | None = None,
     options: dict[str, Any] | None = None,
     method_spec: MethodSpec | None = None,
+    progress: ProgressLog | None = None,
 ) -> EvalOutcome:
     """Evaluate ``method`` on each dataset.  ``judge=None`` scores GenAcc by span match only;
     ``options["judge_mode"] = "only"`` makes GenAcc the judge's verdict on every row, and
@@ -126,7 +131,9 @@ def evaluate(
 
     ``complete`` (the baseline LLM), ``rollout`` (s3 episodes) and ``search_config`` are only needed
     by the methods that use them.  Pass the same ``trajectory_cache`` to several s3 variants to
-    evaluate them on the same trajectories.
+    evaluate them on the same trajectories.  ``progress`` (:class:`~s3core.eval.progress.ProgressLog`):
+    every finished batch is recorded there, and the questions it already holds are not evaluated
+    again (an interrupted run resumes; the result equals an uninterrupted one).
     """
     spec = method_spec if method_spec is not None else get_spec(method)
     judge_mode = str((options or {}).get("judge_mode", "fallback"))
@@ -149,8 +156,27 @@ def evaluate(
         res = DatasetResult()
         recall_hits = 0
         mc_hits = 0
-        ctx.upcoming = qs
-        for batch in _chunks(qs, batch_size):
+        first, first_traj = len(outcome.predictions), len(outcome.trajectories)
+        done = progress.done_ids(dataset) if progress is not None else set()
+        for preds_json, trajs_done, delta in (progress.batches.get(dataset, []) if progress is not None else []):
+            outcome.predictions.extend(Prediction(**p) for p in preds_json)
+            for qid, t, ids in trajs_done:
+                outcome.trajectories.append((dataset, qid, t, ids))
+            for name in _COUNTERS:
+                setattr(res, name, getattr(res, name) + delta.get(name, 0))
+            recall_hits += delta.get("recall_hits", 0)
+            mc_hits += delta.get("mc_hits", 0)
+        if done:
+            q_by_id = {q.id: q for q in qs}
+            for _, qid, t, _ in outcome.trajectories[first_traj:]:
+                if qid in q_by_id:
+                    ctx.trajectories.put(q_by_id[qid], t)  # s3 variants still to run get the very same episodes
+            bar.update(sum(q.id in done for q in qs))
+        todo = [q for q in qs if q.id not in done]
+        ctx.upcoming = todo
+        for batch in _chunks(todo, batch_size):
+            before = (recall_hits, mc_hits, *(getattr(res, n) for n in _COUNTERS))
+            n_traj = len(outcome.trajectories)
             outs = spec.fn(batch, ctx)
             if len(outs) != len(batch):
                 raise ValueError(f"method {method!r} returned {len(outs)} outputs for {len(batch)} questions")
@@ -187,7 +213,17 @@ def evaluate(
                 if o.trajectory is not None:
                     outcome.trajectories.append((dataset, q.id, o.trajectory, [x.id for x in d]))
             outcome.predictions.extend(rows)
+            if progress is not None:
+                after = (recall_hits, mc_hits, *(getattr(res, n) for n in _COUNTERS))
+                progress.append(dataset, [asdict(r) for r in rows],
+                                [(qid, t, ids) for _, qid, t, ids in outcome.trajectories[n_traj:]],
+                                dict(zip(("recall_hits", "mc_hits", *_COUNTERS), (a - b for a, b in zip(after, before)))))
             bar.update(len(batch))
+        if done:  # resumed rows first, new ones after: back to question order
+            pos = {q.id: i for i, q in enumerate(qs)}
+            outcome.predictions[first:] = sorted(outcome.predictions[first:], key=lambda p: pos.get(p.id, len(pos)))
+            outcome.trajectories[first_traj:] = sorted(outcome.trajectories[first_traj:],
+                                                       key=lambda t: pos.get(t[1], len(pos)))
         ds_rows = [p for p in outcome.predictions if p.dataset == dataset]
         n = len(ds_rows)
         res.n = n
