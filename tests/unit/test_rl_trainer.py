@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from s3core.config import RLConfig
 from s3core.errors import ConfigError, InvalidArgument
 from s3core.rl.batch import Sample
 from s3core.rl.checkpoint import CheckpointManager
+from s3core.rl.models import trainable_parameters
 from s3core.rl.tiny import build_tiny_model
 from s3core.rl.trainer import LRSchedule, RLTrainer
 
@@ -135,15 +137,20 @@ def test_masked_tokens_get_exactly_zero_gradient(tiny: str, algorithm: str, extr
     checked_rows = 0
     for entry in captured:
         ids, grad = entry["ids"], entry["grad"]
-        for r, row in enumerate(ids.tolist()):
+        trained_rows = []
+        for row in ids.tolist():
             s = next(by_ids[k] for k in by_ids if tuple(row[:len(k)]) == k and all(
                 t == trainer.pad_id for t in row[len(k):]))
-            trained = [t + 1 < len(s.token_ids) and s.action_mask[t + 1] == 1 for t in range(len(row))]
-            for t, is_trained in enumerate(trained):
-                if is_trained:
-                    assert bool(grad[r, t].abs().sum() > 0), f"position {t} predicts an action but got no gradient"
+            trained_rows.append([t + 1 < len(s.token_ids) and s.action_mask[t + 1] == 1 for t in range(len(row))])
+        # the LM head ran only on the columns some row of the micro-batch is trained at
+        keep = sorted({t for tr in trained_rows for t, on in enumerate(tr) if on})
+        assert grad.shape[1] == len(keep) < ids.shape[1]
+        for r, trained in enumerate(trained_rows):
+            for j, t in enumerate(keep):
+                if trained[t]:
+                    assert bool(grad[r, j].abs().sum() > 0), f"position {t} predicts an action but got no gradient"
                 else:
-                    assert bool((grad[r, t] == 0).all()), f"position {t} (target masked) got a nonzero gradient"
+                    assert bool((grad[r, j] == 0).all()), f"position {t} (target masked) got a nonzero gradient"
             checked_rows += 1
     assert checked_rows >= len(samples)
 
@@ -388,3 +395,35 @@ def test_cuda_token_logprobs_backward_keeps_no_fp32_copy_of_the_logits() -> None
     assert extra < 1.5 * logits_bytes, f"peak {extra / 2**20:.0f} MiB for {logits_bytes / 2**20:.0f} MiB of logits"
     ref = torch.log_softmax(logits.detach()[:1, :64].float(), -1).gather(-1, ids[:1, 1:65, None]).squeeze(-1)
     torch.testing.assert_close(lp[:1, :64].detach(), ref)
+
+
+# --- CPU-sized updates: only the top layers train; bf16 autocast on CPU ---------------------------------
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_train_top_layers_freezes_everything_below(tiny: str, lora: int) -> None:
+    cfg = make_cfg("grpo", train_top_layers=1, lora_rank=lora)
+    trainer = RLTrainer.from_pretrained(tiny, cfg)
+    names = set(trainable_parameters(trainer.policy))
+    assert names and all(".layers.1." in n or (not lora and n.endswith("model.norm.weight")) for n in names), names
+    before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
+    stats = trainer.step(random_samples(3))
+    assert stats["grad_norm"] > 0
+    after = dict(trainer.policy.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed and changed <= names  # the top layer moved; embeddings, LM head, layer 0 did not
+    assert not any(".layers.0." in n or "embed_tokens" in n for n in changed)
+
+
+def test_train_top_layers_out_of_range_is_a_config_error(tiny: str) -> None:
+    with pytest.raises(ConfigError, match="train_top_layers"):
+        RLTrainer.from_pretrained(tiny, make_cfg("grpo", train_top_layers=3))  # the tiny model has 2 layers
+
+
+def test_bfloat16_autocast_on_cpu_keeps_fp32_master_weights(tiny: str) -> None:
+    cfg = make_cfg("grpo", dtype="bfloat16")
+    trainer = RLTrainer.from_pretrained(tiny, cfg)
+    assert trainer._amp == torch.bfloat16
+    stats = trainer.step(random_samples(4))
+    assert math.isfinite(stats["policy_loss"]) and stats["grad_norm"] > 0
+    assert all(p.dtype == torch.float32 for p in trainable_parameters(trainer.policy).values())

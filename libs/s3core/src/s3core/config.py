@@ -159,7 +159,10 @@ class RLConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    # > 0: train only the top N decoder layers (and the final norm); the rest, embeddings and LM head stay
+    # frozen, so the backward pass stops N layers down (a CPU-sized update); with LoRA, adapters only there
+    train_top_layers: int = 0
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; bfloat16: on CPU too
     device: str = ""  # cpu, cuda, cuda:1 ("" = cuda when available)
     gradient_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0 = library default)
@@ -183,7 +186,7 @@ class RLConfig:
         for name in ("ppo_epochs", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{path}.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("mini_batch_size", "warmup_steps", "total_steps", "lora_rank", "threads"):
+        for name in ("mini_batch_size", "warmup_steps", "total_steps", "lora_rank", "threads", "train_top_layers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name} must be >= 0, got {getattr(self, name)}")
         if self.lora_rank and self.lora_alpha < 1:

@@ -166,6 +166,21 @@ def token_logprobs_and_entropy(logits: torch.Tensor, input_ids: torch.Tensor, te
     return _next_token(logits, input_ids, temperature, mask, with_entropy=True)
 
 
+def logprobs_of_rows(rows: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of ``targets`` ``[N]`` under ``softmax(rows / temperature)`` for logit rows
+    ``[N, V]`` already gathered at the loss positions (and, with ``with_entropy``, each row's entropy,
+    without gradient).  The row-level core of :func:`token_logprobs`; float32 results."""
+    if not temperature > 0:
+        raise ValueError(f"logprobs_of_rows: temperature must be > 0, got {temperature}")
+    return _NextTokenLogprob.apply(rows, targets, float(temperature), with_entropy)
+
+
+def entropy_of_rows(rows: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Differentiable entropy of ``softmax(rows / temperature)`` per row of ``[N, V]`` (chunked)."""
+    return _entropy_rows(rows, temperature)
+
+
 def _entropy_rows(rows: torch.Tensor, temperature: float) -> torch.Tensor:
     parts = []
     for chunk in rows.split(_chunk_rows(rows.shape[-1])):

@@ -4,7 +4,8 @@ Precision (``RLConfig.dtype``): trainable weights are kept in fp32 (an AdamW ste
 below bf16's resolution, so bf16 master weights would silently not train); on CUDA ``auto`` and
 ``bfloat16`` run the forward/backward under bf16 autocast.  Frozen weights that only run inference
 are stored in bf16 there: the reference copy, and with LoRA the base weights themselves.  On CPU
-everything is fp32 and there is no autocast.
+everything is fp32 with no autocast, unless ``rl.dtype: bfloat16`` asks for bf16 autocast there too.
+``rl.train_top_layers`` freezes all but the top decoder layers (:func:`freeze_below_top_layers`).
 
 The reference policy for the KL term is the policy with its adapters disabled under LoRA (no second
 copy), else a frozen deep copy of the initial policy in eval mode.
@@ -29,6 +30,7 @@ __all__ = [
     "autocast_dtype",
     "build_reference",
     "enable_gradient_checkpointing",
+    "freeze_below_top_layers",
     "is_lora",
     "load_critic",
     "load_policy",
@@ -53,12 +55,15 @@ def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the forward/backward passes, or None for plain fp32.
 
     ``auto``: bf16 on CUDA (when the GPU supports it), fp32 on CPU; ``bfloat16``: bf16 autocast on
-    CUDA (CPU stays fp32: bf16 CPU matmuls are slower and less exact); ``float32``: no autocast.
+    CUDA and on CPU (worth it on CPUs with AVX512-BF16 / AMX: measured 1.2x on a SmolLM2-135M
+    forward+backward here; trainable weights stay fp32); ``float32``: no autocast.
     """
     if dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"rl.dtype must be auto, float32 or bfloat16, got {dtype!r}")
-    if device.type != "cuda" or dtype == "float32":
+    if dtype == "float32" or (device.type != "cuda" and dtype == "auto"):
         return None
+    if device.type != "cuda":
+        return torch.bfloat16
     if dtype == "auto" and not torch.cuda.is_bf16_supported():
         return None
     return torch.bfloat16
@@ -114,6 +119,36 @@ def apply_lora(model: nn.Module, cfg: RLConfig, task_type: str | None = "CAUSAL_
                           f"{type(model).__name__}: {e}") from None
 
 
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    base = model.get_base_model() if is_lora(model) else model
+    inner = getattr(base, "model", base)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"rl.train_top_layers: cannot find the decoder layers of {type(base).__name__}")
+    return layers
+
+
+def freeze_below_top_layers(model: nn.Module, n: int) -> None:
+    """Leave only the top ``n`` decoder layers and the final norm trainable (under LoRA: only their
+    adapters).  Embeddings, the LM head and every lower layer are frozen, so no gradient -- and no
+    backward computation -- reaches below the ``n``-th layer from the top."""
+    layers = _decoder_layers(model)
+    if not 0 < n <= len(layers):
+        raise ConfigError(f"rl.train_top_layers must be in 1..{len(layers)} for this model, got {n}")
+    keep: set[int] = set()
+    for layer in list(layers)[len(layers) - n:]:
+        keep.update(id(p) for p in layer.parameters())
+    base = model.get_base_model() if is_lora(model) else model
+    norm = getattr(getattr(base, "model", base), "norm", None)
+    if isinstance(norm, nn.Module) and not is_lora(model):
+        keep.update(id(p) for p in norm.parameters())
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+        elif not is_lora(model):
+            p.requires_grad_(True)
+
+
 def _load_dtype(cfg: RLConfig, device: torch.device) -> torch.dtype:
     """Storage dtype of the weights loaded from disk (see the module docstring)."""
     if cfg.lora_rank > 0 and autocast_dtype(cfg.dtype, device) is not None:
@@ -137,6 +172,8 @@ def load_policy(path: str, cfg: RLConfig, device: torch.device) -> tuple[nn.Modu
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = apply_lora(model, cfg)
+    if cfg.train_top_layers:
+        freeze_below_top_layers(model, cfg.train_top_layers)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model.to(device), tokenizer

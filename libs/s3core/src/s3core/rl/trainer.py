@@ -13,8 +13,9 @@
    accumulated over micro-batches with each micro-batch's token-mean loss scaled by its share of the
    mini-batch's action tokens, so the accumulated gradient is the mini-batch token-mean gradient.
 
-Only logits of one micro-batch exist at a time and log-probabilities are taken from them in chunks,
-so memory is bounded by ``micro_batch_size`` (the ``[B, T, V]`` logits of a 7B model are large).
+Logits are computed only at the loss positions (the action tokens; transformers'
+``logits_to_keep``), one micro-batch at a time, so the vocabulary-wide LM head never runs on prompt
+and observation tokens -- most of a search episode -- and memory is bounded by ``micro_batch_size``.
 Mini-batch shuffling draws from a trainer-owned ``torch.Generator`` seeded from ``cfg.seed`` and
 saved in :meth:`RLTrainer.state_dict`: a resumed run continues exactly as an uninterrupted one.
 
@@ -94,6 +95,11 @@ class _Micro:
     mask: torch.Tensor  # [b, W-1] float loss mask
     positions: tuple[torch.Tensor, torch.Tensor]  # (row, column) of the loss mask's nonzeros
     tokens: int  # action tokens (= len(positions[0]))
+
+    def keep_columns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct loss columns (sorted) and, per loss position, its index among them."""
+        keep = torch.unique(self.positions[1])
+        return keep, torch.searchsorted(keep, self.positions[1])
 
     def take(self, per_token: torch.Tensor) -> torch.Tensor:
         """This micro-batch's ``[b, W-1]`` slice of a batch-wide ``[B, T-1]`` tensor."""
@@ -277,21 +283,47 @@ class RLTrainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._amp)
 
-    def _logits(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor | None) -> torch.Tensor:
+    def _logits(self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor | None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[b, W, V]``, or with ``keep`` (sorted column indices) ``[b, len(keep), V]``: the LM
+        head then runs only on those positions (transformers' ``logits_to_keep``)."""
         with self._autocast():
-            return model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            if keep is None:
+                return model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            return model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=keep).logits
+
+    def _next_token(self, mc: _Micro, *, reference: bool = False, entropy: str = "none"
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probabilities ``[b, W-1]`` of the micro-batch's next tokens at its loss positions (0
+        elsewhere), from logits computed at those positions only -- the vocabulary-wide LM head never
+        runs on prompt and observation tokens, which are most of a search episode.
+
+        ``entropy``: ``"none"``; ``"stat"`` (per-position entropy, no gradient); ``"grad"``
+        (differentiable, for the entropy bonus).  ``reference``: the frozen reference policy.
+        """
+        bi, ti = mc.positions
+        keep, k = mc.keep_columns()
+        if reference and self.lora:
+            with self.policy.disable_adapter():
+                logits = self._logits(self.policy, mc.ids, mc.attn, keep)
+        else:
+            logits = self._logits(self.reference if reference else self.policy, mc.ids, mc.attn, keep)
+        rows = logits[bi, k]
+        del logits
+        targets = mc.ids[bi, ti + 1]
+        lp, ent = algos.logprobs_of_rows(rows, targets, self.temperature, with_entropy=entropy == "stat")
+        zeros = torch.zeros(mc.ids.shape[0], mc.ids.shape[1] - 1, dtype=torch.float32, device=mc.ids.device)
+        logp = zeros.index_put((bi, ti), lp)
+        if entropy == "none":
+            return logp, None
+        if entropy == "grad":
+            ent = algos.entropy_of_rows(rows, self.temperature)
+        return logp, zeros.index_put((bi, ti), ent)
 
     def _values(self, ids: torch.Tensor, attn: torch.Tensor | None) -> torch.Tensor:
         assert self.critic is not None
         with self._autocast():
             return self.critic(ids, attn)[:, :-1]
-
-    def _reference_logits(self, ids: torch.Tensor, attn: torch.Tensor | None) -> torch.Tensor:
-        if self.lora:
-            with self.policy.disable_adapter():
-                return self._logits(self.policy, ids, attn)
-        assert self.reference is not None
-        return self._logits(self.reference, ids, attn)
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -405,16 +437,13 @@ class RLTrainer:
             cols = slice(0, mb.ids.shape[1] - 1)
             if need_old:
                 assert b.old_logp is not None
-                logits = self._logits(self.policy, mb.ids, mb.attn)
-                lp, ent = algos.token_logprobs_and_entropy(logits, mb.ids, self.temperature, mb.positions)
-                del logits
+                lp, ent = self._next_token(mb, entropy="stat")
+                assert ent is not None
                 b.old_logp[mb.rows, cols] = lp
                 ent_sum = ent_sum + ent.sum()  # 0 outside the mask
             if need_ref:
                 assert b.ref_logp is not None
-                logits = self._reference_logits(mb.ids, mb.attn)
-                b.ref_logp[mb.rows, cols] = algos.token_logprobs(logits, mb.ids, self.temperature, mb.positions)
-                del logits
+                b.ref_logp[mb.rows, cols] = self._next_token(mb, reference=True)[0]
             if self.critic is not None:
                 b.values[mb.rows, cols] = self._values(mb.ids, mb.attn).float()
         if self._world > 1:  # each row was filled by one rank and is 0 on the others: the sums are exact
@@ -478,16 +507,8 @@ class RLTrainer:
         for mc in micro:
             m = mc.mask
             share = mc.tokens / n_tok
-            logits = self._logits(self.policy, mc.ids, mc.attn)
-            ent = None
-            if cfg.entropy_coef > 0:
-                ent = algos.entropy_from_logits(logits[:, :-1], self.temperature, mc.positions)
-                logp = algos.token_logprobs(logits, mc.ids, self.temperature, mc.positions)
-            elif stats_pass:
-                logp, ent = algos.token_logprobs_and_entropy(logits, mc.ids, self.temperature, mc.positions)
-            else:
-                logp = algos.token_logprobs(logits, mc.ids, self.temperature, mc.positions)
-            del logits  # the log-prob and entropy rows hold what the backward needs
+            logp, ent = self._next_token(mc, entropy="grad" if cfg.entropy_coef > 0 else
+                                         "stat" if stats_pass else "none")
             old = logp.detach() if b.old_logp is None else mc.take(b.old_logp)
             loss, pst = algos.policy_loss(logp, old, mc.take(b.advantages), m, cfg.clip_ratio)
             acc["policy_loss"] = acc["policy_loss"] + loss.detach() * share
