@@ -160,6 +160,9 @@ class JobController:
     # -- the loop ------------------------------------------------------------------------------------------
     def reconcile_once(self) -> None:
         t0 = time.perf_counter()
+        reap = getattr(self.backend, "reap", None)
+        if callable(reap):  # exited workers are collected every pass, running jobs or not: no zombies
+            reap()
         running_ids = self.store.ids_in_state(RUNNING)
         mine_running = 0
         now_running: dict[str, str] = {}

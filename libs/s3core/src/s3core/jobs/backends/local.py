@@ -119,6 +119,7 @@ class LocalBackend:
                 self.env.setdefault(var, str(threads))
         self.host = host_identity()
         self._children: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        self._forgotten: list[subprocess.Popen[bytes]] = []  # still running when forgotten: reaped later
 
     def log_path(self, job_id: str, attempt: int) -> Path:
         return self.state_dir / "jobs" / job_id / f"attempt-{attempt}.log"
@@ -148,6 +149,7 @@ class LocalBackend:
         return job.worker_host == self.host and job.worker_pid > 0
 
     def check(self, job: JobRecord) -> WorkerStatus:
+        self.reap()  # every reconcile pass: no exited worker stays a zombie
         if not self._mine(job):
             return UNKNOWN
         child = self._children.get((job.id, job.attempts))
@@ -191,11 +193,13 @@ class LocalBackend:
             pass
 
     def reap(self) -> None:
-        """Collect exited children (no zombies); their exit status stays readable for :meth:`check`."""
+        """Collect exited children (no zombies); their exit status stays readable for :meth:`check`.
+        Forgotten workers that were still running are collected here once they exit."""
         for proc in list(self._children.values()):
             proc.poll()
+        self._forgotten = [p for p in self._forgotten if p.poll() is None]
 
     def forget(self, job_id: str, attempt: int) -> None:
         proc = self._children.pop((job_id, attempt), None)
-        if proc is not None:
-            proc.poll()
+        if proc is not None and proc.poll() is None:
+            self._forgotten.append(proc)
