@@ -133,6 +133,14 @@ def test_validation_rows_logged_resumed_and_plotted(tmp_path: Path) -> None:
     log.close()
     TrainLogger(tmp_path, start_step=1).close()  # resumed at step 1: step 2's rows were lost
     rows = read_metrics(tmp_path / "metrics.jsonl")
+    # a run that validates its start step again drops that step's old validation row
+    import shutil
+
+    shutil.copy(tmp_path / "metrics.jsonl", tmp_path / "keep.jsonl")
+    TrainLogger(tmp_path, start_step=1, keep_start_validation=False).close()
+    assert [(r["kind"], r["step"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [("validation", 0),
+                                                                                          ("train", 1)]
+    shutil.copy(tmp_path / "keep.jsonl", tmp_path / "metrics.jsonl")
     assert [(r["kind"], r["step"]) for r in rows] == [("validation", 0), ("train", 1), ("validation", 1)]
     v = rows[2]
     assert v["val_gbr"] == pytest.approx(0.1) and v["val_gbr_ci95"] == [v["val_gbr_ci95_lo"], v["val_gbr_ci95_hi"]]

@@ -35,11 +35,14 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 class TrainLogger:
     def __init__(self, run_dir: str | os.PathLike[str], *, tb_dir: str = "", wandb: bool = False,
-                 wandb_project: str = "s3", config: Mapping[str, Any] | None = None, start_step: int = 0) -> None:
+                 wandb_project: str = "s3", config: Mapping[str, Any] | None = None, start_step: int = 0,
+                 keep_start_validation: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         # a resumed run continues the file from its checkpoint: steps after it were lost with the crash
-        kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= start_step]
+        # (and the start step's validation row, when the run validates that step again)
+        kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= start_step
+                and (keep_start_validation or r.get("kind") != VALIDATION or int(r.get("step", 0)) < start_step)]
         write_jsonl(self.path, kept)
         self._fh = self.path.open("a", encoding="utf-8")
         self._tb: Any = None

@@ -331,7 +331,8 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
         knobs["temperature"] = cfg.search.temperature_train
 
         tlog = TrainLogger(ckdir, tb_dir=tc.log_dir, wandb=tc.wandb, wandb_project=tc.wandb_project,
-                           config=config_to_dict(cfg), start_step=start_step)
+                           config=config_to_dict(cfg), start_step=start_step,
+                           keep_start_validation=val is None or not val.pending(start_step))
         stack.callback(tlog.close)
         bar = tqdm(total=tc.steps, initial=start_step, desc=f"s3 train ({cfg.rl.algorithm})", unit="step",
                    disable=not job.show_progress)
@@ -444,7 +445,7 @@ class _Validation:
     def __init__(self, cfg: Config, ckdir: Path, run_state: dict[str, Any], start_step: int, model: str) -> None:
         from s3core.eval.job import load_question_sets
         from s3core.train.log import VALIDATION, read_metrics
-        from s3core.train.validate import BestPolicy, ValidationResult
+        from s3core.train.validate import BestPolicy, ValidationResult, best_of
 
         self.cfg, self.tc = cfg, cfg.train
         self.sets = load_question_sets(self.tc.val_questions, limit=self.tc.val_limit)
@@ -455,18 +456,22 @@ class _Validation:
         self.fingerprint = h.hexdigest()
         saved = run_state.get("validation") or {}
         if saved.get("history") and saved.get("fingerprint") != self.fingerprint:
-            raise FailedPrecondition("train.val_questions / val_limit / search.temperature_eval changed since the "
+            raise FailedPrecondition("train.val_questions / val_limit / search.temperature_eval / the initial model changed since the "
                                      "checkpoint was written: its validations (and best.json) are of another set; "
                                      "resume with the same validation set or start a new run")
         self.history = [ValidationResult.from_row(r) for r in saved.get("history") or []]
         done = {r.step for r in self.history}
+        self.best = BestPolicy(ckdir)
         for r in read_metrics(ckdir / "metrics.jsonl"):
             if (r.get("kind") == VALIDATION and int(r.get("step", -1)) == start_step and start_step not in done
                     and int(r.get("version", -1)) == start_step and r.get("val_fingerprint") == self.fingerprint):
-                self.history.append(ValidationResult.from_row(r))
+                res = ValidationResult.from_row(r)
+                b = best_of([*self.history, res])
+                if b is res and not (self.best.policy_dir(res.step) / "config.json").is_file():
+                    continue  # it would be the best but its copy is gone: validate the step again
+                self.history.append(res)
                 done.add(start_step)
         self.history.sort(key=lambda r: r.step)
-        self.best = BestPolicy(ckdir)
         self.best.reconcile(self.history, [r for r in self.history if r.step < start_step])
 
     def pending(self, step: int) -> bool:
