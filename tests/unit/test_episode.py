@@ -485,3 +485,33 @@ def test_observation_texts_hold_nothing_a_policy_could_copy_as_an_action(text):
     assert "[...]" not in text and '"..."' not in text and "<" not in text
     p = parse_turn(text, 8, 3)
     assert not p.has_selection and p.query is None and p.search_complete is None
+
+
+@pytest.mark.parametrize("max_batch_size", [4, 0])
+def test_hf_policy_kv_cache_gives_the_same_greedy_trajectories(hf_policy, tokenizer, max_batch_size):
+    """The cache across turns (and the shared prefill of a group's identical prompts) changes speed only:
+    greedy episodes are token-identical to generating every turn from scratch."""
+    from s3core.search.policy_hf import HFPolicy
+
+    cfg = SearchConfig(initial_k=2, retrieve_k=2, select_max=2, max_turns=2, max_new_tokens=12, max_obs_tokens=64)
+    cached = HFPolicy(hf_policy.model, tokenizer, seed=0, max_batch_size=max_batch_size, kv_cache=True)
+    plain = HFPolicy(hf_policy.model, tokenizer, seed=0, max_batch_size=max_batch_size, kv_cache=False)
+    a = run_episodes([Q1, Q2, Q3], cached, FakeSearch(), cfg, temperature=0.0, n=2)
+    b = run_episodes([Q1, Q2, Q3], plain, FakeSearch(), cfg, temperature=0.0, n=2)
+    assert [t.token_ids for t in a] == [t.token_ids for t in b]
+    assert [t.action_mask for t in a] == [t.action_mask for t in b]
+    assert cached.cache_stats["reused_tokens"] > 0  # later turns extended cached rows
+    # each question's prompt was prefilled once for its group of 2, and later turns fed only new tokens
+    total = sum(len(t.token_ids) for t in a)
+    assert cached.cache_stats["prefill_tokens"] < total
+
+
+def test_hf_policy_kv_cache_sampling_is_reproducible(hf_policy, tokenizer):
+    from s3core.search.policy_hf import HFPolicy
+
+    cfg = SearchConfig(initial_k=2, retrieve_k=2, select_max=2, max_turns=2, max_new_tokens=10, max_obs_tokens=64)
+    pol = HFPolicy(hf_policy.model, tokenizer, seed=0, max_batch_size=4)
+    one = run_episodes([Q1, Q2], pol, FakeSearch(), cfg, temperature=1.0, n=3, seed=5)
+    two = run_episodes([Q1, Q2], pol, FakeSearch(), cfg, temperature=1.0, n=3, seed=5)
+    assert [t.token_ids for t in one] == [t.token_ids for t in two]
+    assert len({tuple(t.token_ids) for t in one}) > 2  # group members sample independently
