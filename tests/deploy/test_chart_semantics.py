@@ -435,9 +435,10 @@ def test_helm_test_hook_checks_every_service(profile_render: Callable[[str], Ren
 
 def test_helm_test_script_runs_against_real_services(profile_render: Callable[[str], Rendered], tmp_path: Path) -> None:
     """The rendered test pod's command, with its service addresses pointed at a real retriever (BM25) and a real
-    generator (the embedded SmolLM2) on loopback: passes; with one service down, fails naming it."""
+    generator (a tiny model) on loopback: passes; with one service down, fails naming it."""
     from s3core.config import GeneratorConfig
     from s3core.retrieval.index import build_index
+    from s3core.rl.tiny import build_tiny_model
     from s3core.runtime.local import LocalStack
 
     r = profile_render("default")
@@ -452,7 +453,9 @@ def test_helm_test_script_runs_against_real_services(profile_render: Callable[[s
     stack = LocalStack(tmp_path / "stack", detach=False)
     try:
         ret = stack.start_retriever(str(tmp_path / "idx")).address
-        gen = stack.start_generator(GeneratorConfig(backend="hf", model="embedded:smollm2-135m-instruct")).address
+        # a tiny Qwen2-style model keeps the generator's start-up short (any text answer passes the check)
+        tiny = str(build_tiny_model(tmp_path / "tiny", seed=1))
+        gen = stack.start_generator(GeneratorConfig(backend="hf", model=tiny)).address
         addr = {f"{RELEASE}-retriever:50051": ret, f"{RELEASE}-generator:50052": gen}
         args = []
         for a in pod["spec"]["containers"][0]["args"]:
