@@ -17,7 +17,7 @@ VLLM ?= 1
 CHART := deploy/helm/s3
 CHART_ARGS ?=
 
-.PHONY: help setup protos demo train-demo test test-unit test-integration lint bench clean redis-bin \
+.PHONY: help setup protos demo train-demo learn-demo test test-unit test-integration lint bench clean redis-bin \
 	deploy-tools chart-render chart-lint dashboards test-deploy audit
 
 help: ## list targets
@@ -85,6 +85,12 @@ demo: setup ## main job on the embedded default: synth data, index, naive-RAG vs
 
 train-demo: setup ## RL training on the embedded default: a few PPO steps of SmolLM2-135M on CPU
 	$(BIN)/s3 train --resume
+
+# LEARN_OUT: where bench/learning.py writes (must be new); LEARN_ARGS: its other flags (see --help)
+LEARN_OUT ?= runs/learning-$(shell date +%Y%m%d-%H%M%S)
+LEARN_ARGS ?=
+learn-demo: setup ## does the searcher learn? warm start + GRPO + held-out GBR on the embedded default (~45 min, 2 cores)
+	$(BIN)/python bench/learning.py --out $(LEARN_OUT) $(LEARN_ARGS)
 
 VLLM_DEP := $(if $(filter 1,$(VLLM)),vllm-env)
 test: setup $(VLLM_DEP) ## the whole test suite (unit + integration on loopback; VLLM=0: without the vLLM venv)
