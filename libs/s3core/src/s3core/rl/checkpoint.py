@@ -238,6 +238,8 @@ class CheckpointManager:
             return None
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(rec, dict) and "name" not in rec and "step" in rec:
+                return None  # the driver's record of a best policy with no checkpoint of its own (step 0)
             if not isinstance(rec.get("name"), str) or not isinstance(rec.get("metric"), (int, float)):
                 raise ValueError("needs a name and a numeric metric")
             return rec
