@@ -173,3 +173,21 @@ def test_bm25_params_are_validated_before_the_build(world: dict[str, Path], tmp_
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []  # nothing built, nothing left
+
+
+def test_quiet_turns_off_the_model_loading_bars() -> None:
+    """`--quiet` used to print transformers' "Loading weights: 100%|███|" bar (e.g. a dense build's
+    encoder).  A fresh process: the switch must hold before transformers is first imported, and be
+    inherited by the services the CLI starts (the environment)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from s3cli.main import main\n"
+            "rc = main(['index', 'build', '--corpus', '/nonexistent.jsonl', '--backend', 'dense', '--out', "
+            "'/nonexistent/idx', '--quiet'])\n"
+            "import transformers.utils.logging as t\n"
+            "from huggingface_hub.utils import are_progress_bars_disabled\n"
+            "print(rc, t.is_progress_bar_enabled(), are_progress_bars_disabled(), os.environ['TQDM_DISABLE'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["2", "False", "True", "1"], (r.stdout, r.stderr)

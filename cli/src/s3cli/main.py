@@ -731,11 +731,23 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _quiet_progress() -> None:
+    """`--quiet`: no progress bars at all, also the model-loading ones of transformers / huggingface_hub
+    (in this process and in the services it starts)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    if "transformers" in sys.modules:  # read at its import (set above); already imported: tell it directly
+        with contextlib.suppress(Exception):
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if getattr(args, "quiet", False):
+        _quiet_progress()
     from s3core.telemetry.logging import setup_logging
 
     setup_logging("WARNING" if os.environ.get("S3_LOG_LEVEL") is None else None)
