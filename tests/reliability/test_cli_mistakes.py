@@ -183,7 +183,9 @@ def test_quiet_turns_off_the_model_loading_bars() -> None:
     import sys
 
     code = ("import os, sys\n"
-            "from s3cli.main import main\n"
+            "import s3cli.main as m\n"
+            "m._restore_env = lambda saved: None  # look at the state main() ran in\n"
+            "main = m.main\n"
             "rc = main(['index', 'build', '--corpus', '/nonexistent.jsonl', '--backend', 'dense', '--out', "
             "'/nonexistent/idx', '--quiet'])\n"
             "import transformers.utils.logging as t\n"
@@ -191,3 +193,11 @@ def test_quiet_turns_off_the_model_loading_bars() -> None:
             "print(rc, t.is_progress_bar_enabled(), are_progress_bars_disabled(), os.environ['TQDM_DISABLE'])\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["2", "False", "True", "1"], (r.stdout, r.stderr)
+
+
+def test_quiet_leaves_the_environment_as_it_was(world: dict[str, Path], tmp_path: Path, monkeypatch: Any) -> None:
+    import os
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert _build(world["corpus"], tmp_path / "idx") == 0  # --quiet, in-process
+    assert "TQDM_DISABLE" not in os.environ

@@ -731,14 +731,26 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _quiet_progress() -> None:
+_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+
+
+def _quiet_progress() -> dict[str, str | None]:
     """`--quiet`: no progress bars at all, also the model-loading ones of transformers / huggingface_hub
-    (in this process and in the services it starts)."""
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ["TQDM_DISABLE"] = "1"
+    (in this process and in the services it starts).  Returns the environment it replaced."""
+    saved = {k: os.environ.get(k) for k in _QUIET_ENV}
+    os.environ.update(_QUIET_ENV)
     if "transformers" in sys.modules:  # read at its import (set above); already imported: tell it directly
         with contextlib.suppress(Exception):
             sys.modules["transformers"].utils.logging.disable_progress_bar()
+    return saved
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -746,8 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if getattr(args, "quiet", False):
-        _quiet_progress()
+    saved = _quiet_progress() if getattr(args, "quiet", False) else {}
     from s3core.telemetry.logging import setup_logging
 
     setup_logging("WARNING" if os.environ.get("S3_LOG_LEVEL") is None else None)
@@ -764,6 +775,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("s3: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _restore_env(saved)  # main() called in-process (tests, embedding) leaves the environment as it was
 
 
 if __name__ == "__main__":
