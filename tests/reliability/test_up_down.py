@@ -56,16 +56,21 @@ def test_a_second_start_during_start_up_gets_the_real_ports(indexes: tuple[Path,
     a, _ = indexes
     stack = LocalStack(tmp_path / "state", detach=False)
     got: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: got.setdefault("first", stack.start_retriever(str(a))))
+
+    def second() -> None:  # another `s3 up` while the first is still loading the index
+        while stack.get("retriever") is None:
+            pass
+        got["loading"] = stack.get("retriever")
+        got["second"] = stack.start_retriever(str(a))
+
+    t = threading.Thread(target=second)  # it only waits: the service is started (and owned) by this thread
     t.start()
     try:
-        while stack.get("retriever") is None and t.is_alive():  # recorded at once, ports once loaded
-            pass
-        loading = stack.get("retriever")
-        second = stack.start_retriever(str(a))
+        first = stack.start_retriever(str(a))
         t.join(60)
-        assert loading is not None and second.pid == got["first"].pid == loading.pid
-        assert second.grpc_port == got["first"].grpc_port != 0 and second.address != "127.0.0.1:0"
+        assert got["loading"].grpc_port == 0  # it did come while the service was loading ...
+        assert got["second"].pid == first.pid and got["second"].grpc_port == first.grpc_port != 0  # ... yet got its ports
+        assert got["second"].address != "127.0.0.1:0"
         r = stack.start_redis()
         assert stack.start_redis().pid == stack.start_redis(r.grpc_port).pid == r.pid
         with pytest.raises(InvalidArgument, match="already running on port"):

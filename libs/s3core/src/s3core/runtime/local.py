@@ -58,7 +58,10 @@ _PRCTL = _libc_prctl()  # loaded in the parent: the child only calls it between 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A ``preexec_fn`` for ``subprocess.Popen``: the child gets ``sig`` when its parent dies, and
-    exits at once if the parent died before the request took effect.  Elsewhere than Linux: a no-op."""
+    exits at once if the parent died before the request took effect.  Elsewhere than Linux: a no-op.
+
+    Linux sends the signal when the *thread* that forked the child exits, so start such services from
+    a thread that outlives them (the main thread, as ``s3 eval`` / ``s3 train`` do)."""
     parent = os.getpid()
 
     def preexec() -> None:
