@@ -712,6 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     score_cli.add_parser(sub)
 
+    from s3cli import sft as sft_cli
+
+    sft_cli.add_parser(sub)
+
     p = sub.add_parser("serve", help="run one service in the foreground (as in a container)")
     p.add_argument("service", choices=["retriever", "generator", "searcher", "learner", "controller"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the service's own flags (see s3 serve SERVICE --help)")

@@ -132,7 +132,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--steps", type=int, help="RL steps (config train.steps)")
     p.add_argument("--batch-size", dest="train_batch_size", type=int, help="questions per step (train.batch_size)")
     p.add_argument("--algorithm", choices=["ppo", "grpo"], help="config rl.algorithm")
-    p.add_argument("--model", help="initial policy (config learner.model, else searcher.model)")
+    p.add_argument("--model", "--init-from", dest="model",
+                   help="initial policy, e.g. the policy/ folder of `s3 sft` (config learner.model, else searcher.model)")
     p.add_argument("--device", help="learner device: cpu, cuda, cuda:1 (config rl.device)")
     p.add_argument("--checkpoint-dir", help="checkpoints, published policies, metrics.jsonl, reward_curve.png")
     p.add_argument("--save-every", type=int, help="steps between checkpoints (train.save_every)")

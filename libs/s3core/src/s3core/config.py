@@ -260,7 +260,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     seed: int = 0  # shuffling of the trajectories, epoch by epoch
     out: str = "runs/sft"  # sft_metrics.jsonl, teacher_trajectories.jsonl and the policy/ folder
-    max_examples: int = 0  # most trajectories trained on (0 = all)
+    max_examples: int = 0  # most trajectories trained on, a seeded sample (0 = all)
 
     def validate(self, path: str) -> None:
         for name in ("epochs", "batch_size", "micro_batch_size"):
