@@ -357,9 +357,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     c = _console()
     # config redis.port (6390) when it is free, else a free port (a second stack beside the first); the commands
     # that use the local Redis find it through the stack's record ($S3_HOME)
-    port = cfg.redis.port if stack.get("redis") is not None or _port_free(cfg.redis.port) else 0
+    running = stack.get("redis") is not None  # this stack's Redis already runs: reuse it, wherever it is
+    port = 0 if running or not _port_free(cfg.redis.port) else cfg.redis.port
     procs = [stack.start_redis(port)]
-    if procs[0].grpc_port != cfg.redis.port:
+    if not running and procs[0].grpc_port != cfg.redis.port:
         c.print(f"redis: port {cfg.redis.port} is taken, using {procs[0].grpc_port} "
                 f"(redis://127.0.0.1:{procs[0].grpc_port}/0)")
     config_path = args.config or ""
