@@ -7,9 +7,10 @@ one encoder pass and one faiss search serve them all.  :class:`DynamicBatcher` d
 * requests for one index that arrive within ``window_s`` of the oldest waiting one are coalesced,
   up to ``max_queries`` queries per backend call (a request bigger than that runs alone; requests
   are never split);
-* the window is waited only when there is concurrency to wait for: when more than one request is
-  waiting, or the previous batch coalesced several.  A lone request after lone requests (one client
-  searching in a loop) runs at once -- it would wait the whole window for nobody;
+* the window is waited only when there is concurrency to wait for: a request that arrived while
+  another was still in flight, more than one request waiting, or a previous batch that coalesced
+  several.  A lone request after lone requests (one client searching in a loop: each arrives after the
+  answer to the one before) runs at once -- it would wait the whole window for nobody;
 * the backend call runs on the batcher's own worker thread with ``k`` = the largest ``k`` of the
   batch; every request gets its own queries' lists cut to its own ``k`` (the top-``k`` of a ranked
   list is a prefix of its top-``K`` for ``K >= k``); identical query strings in one batch are
@@ -75,6 +76,7 @@ class _Pending:
     k: int
     future: Future = field(default_factory=Future)
     t_submit: float = field(default_factory=time.perf_counter)
+    concurrent: bool = False  # another request was in flight when this one arrived
 
 
 class DynamicBatcher(Generic[T]):
@@ -106,6 +108,7 @@ class DynamicBatcher(Generic[T]):
         self._closed = False
         self.backend_calls = 0  # backend calls made (batches run), for tests and logs
         self._last_batch_requests = 0  # requests the previous batch coalesced (1: no concurrency seen)
+        self._inflight = 0  # requests submitted and not yet answered
         self._thread: threading.Thread | None = None
         if self.enabled:
             self._thread = threading.Thread(target=self._run, name=f"s3-batcher-{name or 'index'}", daemon=True)
@@ -146,6 +149,8 @@ class DynamicBatcher(Generic[T]):
                 raise QueueFull(f"retriever overloaded: {self._queued} queries already wait for index "
                                 f"{self.name!r} (at most {self.max_queue_queries}); retry later")
             was_empty = not self._queue
+            p.concurrent = self._inflight > 0
+            self._inflight += 1
             self._queue.append(p)
             self._queued += len(qs)
             depth = self._queued
@@ -177,7 +182,7 @@ class DynamicBatcher(Generic[T]):
                 self._cv.wait()
             deadline = self._queue[0].t_submit + self.window_s
             # batch only when requests are actually waiting: a lone request after lone ones goes now
-            concurrent = len(self._queue) > 1 or self._last_batch_requests > 1
+            concurrent = len(self._queue) > 1 or self._last_batch_requests > 1 or self._queue[0].concurrent
             while concurrent and not self._closed and self._queued < self.max_queries:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -194,6 +199,8 @@ class DynamicBatcher(Generic[T]):
                 if nxt.future.set_running_or_notify_cancel():  # False: cancelled while waiting
                     batch.append(nxt)
                     n += len(nxt.queries)
+                else:
+                    self._inflight -= 1
             depth = self._queued
             if batch:
                 self._last_batch_requests = len(batch)
@@ -210,13 +217,19 @@ class DynamicBatcher(Generic[T]):
             try:
                 results = self._call(batch)
             except BaseException as exc:  # noqa: BLE001 - the batch's requests get the error, the worker lives on
+                self._answered(len(batch))
                 for p in batch:
                     p.future.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
                 continue
+            self._answered(len(batch))  # before the results: a client's next request sees none in flight
             for p, res in zip(batch, results):
                 p.future.set_result(res)
+
+    def _answered(self, n: int) -> None:
+        with self._cv:
+            self._inflight -= n
 
     def _call(self, batch: list[_Pending]) -> list[list[list[Any]]]:
         """One backend call for ``batch``; one result (its lists cut to its k) per request."""
@@ -241,6 +254,7 @@ class DynamicBatcher(Generic[T]):
             dropped = list(self._queue)
             self._queue.clear()
             self._queued = 0
+            self._inflight -= len(dropped)
             self._cv.notify_all()
         for p in dropped:
             if p.future.set_running_or_notify_cancel():
