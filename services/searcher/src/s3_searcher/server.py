@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         search.close()
+        core.close()  # a vLLM policy's engine processes go with it
     return 0
 
 

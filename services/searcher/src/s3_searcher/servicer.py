@@ -242,6 +242,13 @@ class SearcherCore:
             close()
         return new
 
+    def close(self) -> None:
+        """Release the served policy (a vLLM engine and its processes); the core serves no more."""
+        served, self._served = self._served, None
+        close = getattr(served.policy, "close", None) if served is not None else None
+        if callable(close):
+            close()
+
     def _reload_in_place(self, reload: Callable[..., float], path: str, target: str, version: int,
                          t0: float) -> Served:
         """Publish ``version`` by loading ``target`` into the served policy's running engine.
