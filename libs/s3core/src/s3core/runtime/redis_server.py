@@ -100,8 +100,10 @@ def auth_kwargs(url: str) -> dict[str, str]:
     except redis.exceptions.ResponseError as exc:  # "AUTH ... called without any password configured"
         if "without any password" in str(exc) or "no password is set" in str(exc):
             return {}
+    except redis.exceptions.AuthenticationError:
+        pass  # it asks for a password and this is not it: the caller's own connect reports that
     except (redis.exceptions.RedisError, OSError, ValueError):
-        pass  # unreachable or a wrong password: the caller's own connect reports it
+        return {}  # unreachable now: connect as before (a Redis that wants a password then says NOAUTH)
     return {"password": pw}
 
 
