@@ -22,7 +22,7 @@ import grpc
 
 from s3.v1 import searcher_pb2_grpc
 from s3_searcher import metrics
-from s3_searcher.servicer import SERVICE_NAME, SearcherCore, SearcherServicer, make_policy_factory, search_http
+from s3_searcher.servicer import SERVICE_NAME, SearcherCore, SearcherServicer, make_policy_factory
 from s3core.config import Config, load_config
 from s3core.errors import S3Error
 from s3core.rpc.clients import retriever_client
@@ -109,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gen_client.append(GeneratorClient(args.generator, timeout=600.0))
             return str(gen_client[0].answer([(question, docs)]).answers[0])
 
-    def setup_http(side: Any) -> None:  # POST /search: the search agent as a service
-        side.route("POST", "/search", lambda body: search_http(core, body, answerer))
+    servicer.answerer = answerer  # the Search RPC and POST /search answer with it
+
+    def setup_http(side: Any) -> None:  # POST /search: the search agent as a service (as the Search RPC)
+        side.route("POST", "/search", servicer.search_http)
 
     spec = ServiceSpec(
         name="searcher",

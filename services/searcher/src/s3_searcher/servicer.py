@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import threading
@@ -25,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from s3.v1 import searcher_pb2, searcher_pb2_grpc
+from s3.v1 import common_pb2, searcher_pb2, searcher_pb2_grpc
 from s3_searcher import metrics
 from s3core.config import SearchConfig, SearcherConfig
 from s3core.errors import FailedPrecondition, InvalidArgument, NotFound, S3Error, Unavailable
 from s3core.rpc.convert import question_from_pb, search_knobs_from_pb
+from s3core.search.agent import MAX_QUESTION_CHARS, SearchAsk, parse_search, search_result
 from s3core.search.episode import EpisodeStats, Policy, SearchFn, run_episodes
 from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
@@ -45,7 +45,6 @@ MAX_TURNS = 16
 MAX_NEW_TOKENS = 4096
 MAX_OBS_TOKENS = 32768
 MAX_TEMPERATURE = 5.0
-MAX_QUESTION_CHARS = 8192
 
 # policy factory: (model or checkpoint path, version) -> Policy
 PolicyFactory = Callable[[str, int], Policy]
@@ -348,11 +347,21 @@ def validate_request(request: searcher_pb2.RolloutRequest, sc: SearcherConfig, d
     return RolloutJob(questions, cfg, temperature, n, seed, int(request.expect_policy_version))
 
 
-# --- the search agent over HTTP: POST /search ------------------------------------------------------
+# --- the search agent: POST /search and the Search RPC ------------------------------------------
 
-SEARCH_KEYS = ("question", "preset", "answer")
 # (question, context docs) -> the generator's answer
 Answerer = Callable[[str, list[Doc]], str]
+
+
+def run_search(core: SearcherCore, ask: SearchAsk, answerer: Answerer | None,
+               cancelled: threading.Event | None = None) -> dict[str, Any]:
+    """One greedy s3 episode for a validated request (blocking; call from a worker thread), shaped by
+    :func:`s3core.search.agent.search_result`; with ``ask.answer`` also the generator's answer."""
+    job = RolloutJob([ask.as_question()], ask.cfg, ask.cfg.temperature_eval, 1, 0, 0)
+    result = core.run(job, cancelled or threading.Event())
+    t = result.trajectories[0]
+    answer = answerer(ask.question, list(t.context)) if ask.answer and answerer is not None else None
+    return search_result(ask, t, result.version, result.seconds, answer)
 
 
 def search_http(core: SearcherCore, body: Any, answerer: Answerer | None = None) -> tuple[int, Any]:
@@ -361,47 +370,28 @@ def search_http(core: SearcherCore, body: Any, answerer: Answerer | None = None)
     Returns the context documents the searcher gathered (what a user's own LLM should read), the
     queries it issued, its turns and the policy version; with ``"answer": true`` also the generator's
     answer from that context.  Bad input is InvalidArgument (HTTP 400) naming the field."""
-    from s3core.config import PRESETS
-
-    if not isinstance(body, dict):
-        raise InvalidArgument('the body must be a JSON object: {"question": "...", "preset"?: "8-3-3", "answer"?: false}')
-    unknown = sorted(set(body) - set(SEARCH_KEYS))
-    if unknown:
-        raise InvalidArgument(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(SEARCH_KEYS)})")
-    question = body.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise InvalidArgument("question: a non-empty string is required")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise InvalidArgument(f"question is {len(question)} characters long (at most {MAX_QUESTION_CHARS})")
-    cfg = core.search_cfg
-    preset = body.get("preset")
-    if preset is not None:
-        search_presets = {k: v["search"] for k, v in PRESETS.items() if isinstance(v.get("search"), dict)}
-        if not isinstance(preset, str) or preset not in search_presets:
-            raise InvalidArgument(f"preset: {preset!r} is not a search preset (known: {', '.join(search_presets)})")
-        cfg = dataclasses.replace(cfg, **search_presets[preset])
-    want_answer = body.get("answer", False)
-    if not isinstance(want_answer, bool):
-        raise InvalidArgument(f"answer: true or false, got {want_answer!r}")
-    if want_answer and answerer is None:
-        raise InvalidArgument("answer: this searcher has no generator to answer with (start it with --generator ADDR)")
+    ask = parse_search(body, core.search_cfg, can_answer=answerer is not None)
     _ = core.served  # UNAVAILABLE (503) while the policy loads
-    job = RolloutJob([Question(id="search-0", question=question, golden_answers=())], cfg,
-                     cfg.temperature_eval, 1, 0, 0)
-    result = core.run(job, threading.Event())
-    t = result.trajectories[0]
-    docs = list(t.context)
-    out: dict[str, Any] = {
-        "question": question,
-        "context": [{"id": d.id, "title": d.title, "text": d.text} for d in docs],
-        "queries": [b.query for b in t.blocks if b.query],
-        "turns": len(t.turns),
-        "policy_version": result.version,
-        "seconds": round(result.seconds, 3),
-    }
-    if want_answer and answerer is not None:
-        out["answer"] = answerer(question, docs)
-    return 200, out
+    return 200, run_search(core, ask, answerer)
+
+
+def search_ask_from_pb(request: searcher_pb2.SearchAgentRequest, core: SearcherCore,
+                       can_answer: bool) -> SearchAsk:
+    """The Search RPC's request through the same checks as ``POST /search`` (proto3: an empty preset is
+    no preset)."""
+    body: dict[str, Any] = {"question": request.question, "answer": bool(request.answer)}
+    if request.preset:
+        body["preset"] = request.preset
+    return parse_search(body, core.search_cfg, can_answer=can_answer)
+
+
+def search_response_pb(out: dict[str, Any]) -> searcher_pb2.SearchAgentResponse:
+    resp = searcher_pb2.SearchAgentResponse(question=out["question"], queries=out["queries"], turns=out["turns"],
+                                            policy_version=out["policy_version"], seconds=out["seconds"])
+    resp.context.extend(common_pb2.Document(id=d["id"], title=d["title"], text=d["text"]) for d in out["context"])
+    if "answer" in out:
+        resp.answer = out["answer"]
+    return resp
 
 
 # --- the servicer --------------------------------------------------------------------------------
@@ -431,8 +421,13 @@ _END = object()
 
 
 class SearcherServicer(searcher_pb2_grpc.SearcherServicer):
-    def __init__(self, core: SearcherCore) -> None:
+    def __init__(self, core: SearcherCore, answerer: Answerer | None = None) -> None:
         self.core = core
+        self.answerer = answerer  # the generator behind "answer": true (searcher --generator)
+
+    def search_http(self, body: Any) -> tuple[int, Any]:
+        """``POST /search`` (runs on the side server's thread)."""
+        return search_http(self.core, body, self.answerer)
 
     def _job(self, request: searcher_pb2.RolloutRequest) -> RolloutJob:
         _ = self.core.served  # UNAVAILABLE while loading, before any other check
@@ -492,3 +487,16 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServicer):
     async def PolicyInfo(self, request: searcher_pb2.PolicyInfoRequest, context: Any) -> searcher_pb2.PolicyInfoResponse:  # noqa: N802
         s = self.core.served
         return searcher_pb2.PolicyInfoResponse(model=s.model, version=s.version, checkpoint_path=s.checkpoint_path)
+
+    async def Search(self, request: searcher_pb2.SearchAgentRequest, context: Any) -> searcher_pb2.SearchAgentResponse:  # noqa: N802
+        _ = self.core.served  # UNAVAILABLE while loading, before any other check
+        ask = search_ask_from_pb(request, self.core, self.answerer is not None)
+        cancelled = threading.Event()
+        task = asyncio.ensure_future(asyncio.to_thread(run_search, self.core, ask, self.answerer, cancelled))
+        task.add_done_callback(_ignore_result)
+        try:
+            out = await asyncio.shield(task)
+        finally:
+            if not task.done():
+                cancelled.set()  # the caller went away: its episode stops at the next model or search call
+        return search_response_pb(out)
