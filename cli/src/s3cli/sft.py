@@ -102,8 +102,10 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
+    from s3cli.train import plain_flags, plain_help
+
     p = sub.add_parser("sft", help="supervised warm start of the searcher on teacher trajectories (before RL)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain_help(__doc__ or ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (sections sft, rl, search, searcher, ...)")
     p.add_argument("--preset", action="append", default=[], help="config preset (repeatable), e.g. embedded")
     p.add_argument("--trajectories", action="append", metavar="JSONL",
@@ -131,3 +133,4 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--world-seed", type=int, default=0, help="seed of the embedded synthetic world")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sft)
+    plain_flags(p)

@@ -8,8 +8,23 @@ embedded default: the synthetic world of `s3 demo` (generated and indexed under 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
+
+
+def plain_help(doc: str) -> str:
+    """A module docstring as terminal help: reStructuredText literals (````x````) and interpreted
+    text (```x```) lose their backticks; commands in single backticks are quoted."""
+    doc = re.sub(r"``(.+?)``", r"\1", doc, flags=re.S)
+    return re.sub(r"`([^`\n]+)`", r"'\1'", doc)
+
+
+def plain_flags(p: argparse.ArgumentParser) -> None:
+    """:func:`plain_help` on every flag's help of ``p``."""
+    for a in p._actions:
+        if a.help and a.help is not argparse.SUPPRESS:
+            a.help = plain_help(a.help)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -69,6 +84,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     # a log file gets the whole table, not rich's 80-column default for non-terminals
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 140)  # whole table in a log
     cfg, embedded = _config(args)
+    from s3core.train.data import check_outputs, check_question_files
+
+    resume = bool(args.resume or cfg.train.learner)
+    check_outputs(cfg, resume)  # before the world, the metrics port, Redis or any service
+    if not embedded:
+        if not (cfg.train.retriever or cfg.train.searcher):
+            from s3core.eval.job import check_index_dir
+
+            check_index_dir(args.index or cfg.retriever.index)
+        check_question_files(cfg)
     if not args.quiet:
         from transformers.utils import logging as hf_logging
 
@@ -83,10 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         questions, world_index = _embedded_world(Path(args.world), args.world_seed)
         cfg.train.questions = questions
         index = index or world_index
+        check_question_files(cfg)  # the world's files, and any --val-questions
         console.print(f"embedded default: training on the synthetic world in {args.world} "
                       f"({cfg.train.steps} steps x {cfg.train.batch_size} questions, {cfg.rl.algorithm})")
     ckdir = Path(cfg.train.checkpoint_dir)
-    job = TrainJob(config=cfg, config_path=args.config or "", index=index, resume=bool(args.resume or cfg.train.learner),
+    job = TrainJob(config=cfg, config_path=args.config or "", index=index, resume=resume,
                    show_progress=not args.quiet, redis_url=args.redis_url or "")
     summary = run_training(job)
     t = Table(title=f"s3 train ({cfg.rl.algorithm}) — {summary.checkpoint_dir}")
@@ -123,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train the searcher with RL (PPO/GRPO, GBR reward) through the services",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain_help(__doc__ or ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (sections rl, train, search, reward, generator, searcher, ...)")
     p.add_argument("--preset", action="append", default=[], help="config preset (repeatable), e.g. embedded, gpu")
     p.add_argument("--questions", action="append", metavar="JSONL",
@@ -163,3 +189,4 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+    plain_flags(p)
