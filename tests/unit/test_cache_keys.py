@@ -26,7 +26,10 @@ BASE = BaselineKey(
 )
 # Regression vector: computed once from BASE.  The properties below are what matters; this pins the
 # layout so that a refactor that silently changes every key (and orphans shared caches) fails here.
-EXPECTED = "s3:baseline:v1:6fddabc8a052def4f73d53cc765802732e76e9ea08449a0a9ee8a3d9381eb747"
+# Changed on purpose once: the scoring version (SCORING_VERSION "2") joined the key; the layout before
+# it gave LEGACY (baselines stored then are never reused under today's scoring, test_scoring_version).
+EXPECTED = "s3:baseline:v1:ecc2e75fc1ce2da18912d6cd10c005366216ce286a1d8376753991be189946f7"
+LEGACY = "s3:baseline:v1:6fddabc8a052def4f73d53cc765802732e76e9ea08449a0a9ee8a3d9381eb747"
 
 
 def test_regression_vector() -> None:
@@ -71,6 +74,7 @@ def test_question_normalisation_keeps_the_key(variant: str) -> None:
     ("generator_model", "vllm/Qwen/Qwen2.5-14B-Instruct-GPTQ-Int4"),
     ("prompt_version", "s3-gen-v2"),
     ("judge_id", "span-only"),
+    ("scoring_version", "3"),
 ])
 def test_any_other_change_changes_the_key(field: str, value: object) -> None:
     assert dataclasses.replace(BASE, **{field: value}).redis_key() != BASE.redis_key()

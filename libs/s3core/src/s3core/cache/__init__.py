@@ -11,6 +11,7 @@ from s3core.cache.baseline import (
     redis_url,
 )
 from s3core.cache.keys import (
+    SCORING_VERSION,
     SPAN_ONLY_JUDGE,
     BaselineKey,
     KeyFn,
@@ -24,6 +25,7 @@ __all__ = [
     "CACHE_HITS",
     "CACHE_MISSES",
     "CACHE_WRITES",
+    "SCORING_VERSION",
     "SPAN_ONLY_JUDGE",
     "BaselineCache",
     "BaselineKey",

@@ -2,8 +2,8 @@
 
 A baseline is the GenAcc of the generator given the naive top-``k`` documents for the raw question.
 It depends on the dataset, the question, the retriever's index, ``k``, the generator model, its
-prompt templates and the judge — every one of them is part of the key, so changing any part can
-never return a stale baseline.
+prompt templates, the judge and the scoring rule (:data:`SCORING_VERSION`) — every one of them is
+part of the key, so changing any part can never return a stale baseline.
 
 The Redis key is ``<namespace>:baseline:v1:<sha256>`` where the digest is taken over a canonical
 JSON document (sorted keys, no whitespace, ASCII escapes) of the key fields with the question
@@ -26,6 +26,8 @@ from s3core.types import Question
 
 __all__ = [
     "KEY_VERSION",
+    "LEGACY_SCORING_VERSION",
+    "SCORING_VERSION",
     "BaselineKey",
     "KeyFn",
     "SPAN_ONLY_JUDGE",
@@ -37,6 +39,15 @@ __all__ = [
 ]
 
 KEY_VERSION = "v1"
+#: The rule that turned a generator's answer into GenAcc / EM / F1 / span (``s3core.metrics``,
+#: ``s3core.eval.scoring``).  Bump it whenever that rule changes what a row scores; every baseline
+#: scored under another version then misses (is recomputed) instead of being reused.
+#: ``1``: spec §4 as written (a gold that normalises to nothing matches everything; multiple-choice
+#: golds span-matched as text) — also what a stored key without the field means.
+#: ``2``: golds that normalise to nothing are unmatchable; multiple-choice rows are scored by the
+#: option the prediction chose (``s3core.metrics.extract_choice``).
+SCORING_VERSION = "2"
+LEGACY_SCORING_VERSION = "1"
 SPAN_ONLY_JUDGE = "span-only"
 SOURCE_DATASET = "source_dataset"  # metadata key carried by filtered training sets (see baseline_dataset)
 
@@ -63,6 +74,7 @@ class BaselineKey:
     generator_model: str
     prompt_version: str
     judge_id: str
+    scoring_version: str = SCORING_VERSION
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,9 +106,13 @@ class BaselineKey:
 
     @classmethod
     def from_dict(cls, d: Any) -> "BaselineKey":
-        """Build from a dict (an export record's ``key``); raises InvalidArgument when malformed."""
+        """Build from a dict (an export record's ``key``); raises InvalidArgument when malformed.
+        A key written before the scoring version was recorded gets :data:`LEGACY_SCORING_VERSION`
+        (so it is kept, exported and counted, but never matches a key of today's scoring)."""
         if not isinstance(d, dict):
             raise InvalidArgument(f"baseline key must be an object, got {type(d).__name__}")
+        if "scoring_version" not in d:
+            d = {**d, "scoring_version": LEGACY_SCORING_VERSION}
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in d]
         if missing:
@@ -169,14 +185,16 @@ def baseline_dataset(q: Question, default: str = "") -> str:
 KeyFn = Callable[[Question], BaselineKey]
 
 
-def key_factory(index_fp: str, k: int, generator_model: str, prompt_version: str, judge: str) -> KeyFn:
-    """``question -> BaselineKey`` with every part but the question fixed."""
+def key_factory(index_fp: str, k: int, generator_model: str, prompt_version: str, judge: str,
+                scoring_version: str = SCORING_VERSION) -> KeyFn:
+    """``question -> BaselineKey`` with every part but the question fixed (the scoring rule: today's)."""
 
     def make(q: Question) -> BaselineKey:
         ds = baseline_dataset(q)
         if not ds:
             raise InvalidArgument(f"question {q.id!r} has no dataset; baselines are filed per dataset")
         return BaselineKey(dataset=ds, question=q.question, index_fingerprint=index_fp, k=k,
-                           generator_model=generator_model, prompt_version=prompt_version, judge_id=judge)
+                           generator_model=generator_model, prompt_version=prompt_version, judge_id=judge,
+                           scoring_version=scoring_version)
 
     return make
