@@ -51,15 +51,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world (default 0)")
     p.add_argument("--n-entities", type=int, default=300, help="entities of the world (default 300)")
     p.add_argument("--n-heldout", type=int, default=60, help="held-out 2-hop questions (default 60)")
-    p.add_argument("--n-val", type=int, default=16, help="validation 2-hop questions (default 16)")
+    p.add_argument("--n-val", type=int, default=24, help="validation 2-hop questions (default 24)")
     p.add_argument("--n-train", type=int, default=80, help="training-pool 2-hop questions (default 80)")
     p.add_argument("--sft-examples", type=int, default=96, help="teacher trajectories for the warm start")
-    p.add_argument("--sft-epochs", type=int, default=2, help="warm-start epochs (0 = no warm start)")
+    p.add_argument("--sft-epochs", type=int, default=1, help="warm-start epochs (0 = no warm start; default 1)")
+    p.add_argument("--init-policy", default="",
+                   help="start RL from this Hugging Face folder (e.g. DIR/sft/policy of an earlier run on the same "
+                        "world and splits) instead of running the warm start")
     p.add_argument("--sft-lr", type=float, default=2e-4, help="warm-start learning rate (default 2e-4)")
     p.add_argument("--steps", type=int, default=10, help="RL steps (default 10)")
     p.add_argument("--batch-size", type=int, default=4, help="questions per RL step (default 4)")
     p.add_argument("--group-size", type=int, default=4, help="GRPO trajectories per question (default 4)")
-    p.add_argument("--lr", type=float, default=3e-5, help="RL actor learning rate (default 3e-5)")
+    p.add_argument("--lr", type=float, default=1e-4, help="RL actor learning rate (default 1e-4)")
+    p.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus of the RL loss (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="rollout temperature during RL (default 1.0)")
     p.add_argument("--train-top-layers", type=int, default=8,
                    help="decoder layers trained, from the top (SFT and RL; 0 = all; default 8)")
@@ -68,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--second-world-n", type=int, default=30,
                    help="2-hop questions of the transfer world (0 = skip stage 7; default 30)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the paired bootstrap")
+    p.add_argument("--no-eval-final", action="store_true",
+                   help="skip the extra held-out evaluation of the last RL policy (when it is not the best one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     for name in ("n_heldout", "n_val", "n_train", "steps", "batch_size", "val_every"):
@@ -103,7 +109,7 @@ def _config_yaml(args: argparse.Namespace, out: Path, splits: dict[str, Path]) -
                    "temperature_train": args.temperature, "temperature_eval": 0.0},
         "generator": {"judge": "none"},
         "rl": {"algorithm": "grpo", "group_size": args.group_size, "actor_lr": args.lr, "kl_coef": 0.0,
-               "train_top_layers": args.train_top_layers, "micro_batch_size": 4, "max_grad_norm": 1.0,
+               "entropy_coef": args.entropy_coef, "train_top_layers": args.train_top_layers, "micro_batch_size": 4, "max_grad_norm": 1.0,
                "seed": 0},
         "train": {"questions": [str(splits["train"])], "steps": args.steps, "batch_size": args.batch_size,
                   "checkpoint_dir": str(out / "train"), "save_every": 1, "keep_last": 2, "seed": 0,
@@ -221,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
 
         start_model = cfg.searcher.model
         sft_summary: dict[str, Any] = {}
-        if args.sft_epochs > 0:
+        if args.init_policy:
+            if not (Path(args.init_policy) / "config.json").is_file():
+                raise SystemExit(f"--init-policy {args.init_policy}: not a Hugging Face model folder")
+            start_model = str(Path(args.init_policy).resolve())
+            sft_summary = {"init_policy": start_model}
+        elif args.sft_epochs > 0:
             t = stage(f"warm start: s3 sft on {args.sft_examples} teacher trajectories x {args.sft_epochs} epochs")
             res = run_sft(cfg, model=start_model,
                           teacher=synth_teacher([str(splits["train"])], str(index), limit=args.sft_examples),
@@ -243,9 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         held = [str(splits["heldout"])]
         start = _heldout_eval(cfg, cfg_path, held, addrs, start_model, out / "eval-start", args.quiet)
         seconds["eval_start"] = time.perf_counter() - t
-        t = stage(f"held-out evaluation: the best policy by validation (step {best_step})")
-        end = _heldout_eval(cfg, cfg_path, held, addrs, best_policy, out / "eval-best", args.quiet)
-        seconds["eval_best"] = time.perf_counter() - t
+        if best_step == 0:  # the best policy is the one RL started from: greedy decoding repeats its evaluation
+            end = start
+        else:
+            t = stage(f"held-out evaluation: the best policy by validation (step {best_step})")
+            end = _heldout_eval(cfg, cfg_path, held, addrs, best_policy, out / "eval-best", args.quiet)
+            seconds["eval_best"] = time.perf_counter() - t
+        final: dict[str, Any] = {}
+        if not args.no_eval_final and best_step != summary.steps and Path(summary.policy_path).is_dir():
+            # information only: the claim is the best-by-validation policy's; this shows what RL's last step did
+            t = stage(f"held-out evaluation: the last RL policy (step {summary.steps})")
+            last = _heldout_eval(cfg, cfg_path, held, addrs, summary.policy_path, out / "eval-last", args.quiet)
+            final = {"step": summary.steps, "s3_genacc": sum(last["s3"].values()) / len(last["s3"])}
+            seconds["eval_last"] = time.perf_counter() - t
 
         keys = sorted(start["naive-rag"])
         if sorted(end["naive-rag"]) != keys or sorted(start["s3"]) != keys or sorted(end["s3"]) != keys:
@@ -299,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "rl_step_seconds_mean": phase, "train_questions": summary.train_questions,
         "validations": [{k: v.get(k) for k in ("step", "val_gbr", "val_gbr_ci95", "val_s3_genacc", "val_naive_genacc")}
                         for v in (summary.validations or [])],
-        "sft": sft_summary, "second_world": second, "start_policy": start_model, "best_policy": str(out / "policy"),
+        "sft": sft_summary, "second_world": second, "last_policy_heldout": final, "start_policy": start_model, "best_policy": str(out / "policy"),
         "args": vars(args),
     }
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
