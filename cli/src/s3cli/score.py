@@ -33,7 +33,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                    generator=args.generator or "", config=cfg, config_path=args.config or "",
                    show_progress=not args.quiet)
     res = run_score_job(job)
-    from s3cli.main import _console, _print_results
+    from s3cli.common import _console
+    from s3cli.evaluate import _print_results
 
     _print_results([res])
     for name, r in res["datasets"].items():
