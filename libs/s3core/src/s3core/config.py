@@ -167,8 +167,19 @@ class RLConfig:
     gradient_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0 = library default)
     seed: int = 0
+    # several ranks (Ray Train workers, torchrun): replicate = every rank holds whole models (data parallel);
+    # fsdp = policy, critic and reference sharded across the ranks (torch FSDP2; s3core.rl.fsdp)
+    strategy: Literal["replicate", "fsdp"] = "replicate"
+    micro_batch_tokens: int = 0  # > 0: micro-batches by a budget of padded tokens instead of micro_batch_size rows
+    fsdp_cpu_offload: bool = False  # fsdp: sharded parameters, gradients and optimiser state in host memory (CUDA)
 
     def validate(self, path: str) -> None:
+        if self.strategy not in ("replicate", "fsdp"):
+            raise ConfigError(f"{path}.strategy must be replicate or fsdp, got {self.strategy!r}")
+        if self.micro_batch_tokens < 0:
+            raise ConfigError(f"{path}.micro_batch_tokens must be >= 0, got {self.micro_batch_tokens}")
+        if self.fsdp_cpu_offload and self.strategy != "fsdp":
+            raise ConfigError(f"{path}.fsdp_cpu_offload needs {path}.strategy: fsdp")
         for name in ("actor_lr", "critic_lr"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{path}.{name} must be in (0, 1), got {getattr(self, name)}")

@@ -174,6 +174,10 @@ class CheckpointManager:
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint extra/metric must be JSON-serialisable (finite numbers): {e}") from None
         target = self.root / self.name(step)
+        if getattr(trainer, "sharded", False):  # FSDP: every rank writes its shards (s3core.rl.fsdp)
+            from s3core.rl.fsdp import save_sharded_checkpoint
+
+            return save_sharded_checkpoint(self, target, step, trainer, extra_text, metric)
         from s3core.rl.distributed import is_main_process
 
         if not is_main_process():  # data parallel: the replicas are identical and rank 0 writes
@@ -279,6 +283,10 @@ class CheckpointManager:
 
         root = Path(path)
         verify_checkpoint(root)
+        if getattr(trainer, "sharded", False) or (root / "shards").is_dir():  # FSDP (s3core.rl.fsdp)
+            from s3core.rl.fsdp import load_sharded_checkpoint
+
+            return load_sharded_checkpoint(root, trainer)
         try:
             state = torch.load(root / "trainer.pt", map_location="cpu", weights_only=True)
             rng = torch.load(root / "rng.pt", map_location="cpu", weights_only=True)

@@ -95,6 +95,9 @@ class _Micro:
     mask: torch.Tensor  # [b, W-1] float loss mask
     positions: tuple[torch.Tensor, torch.Tensor]  # (row, column) of the loss mask's nonzeros
     tokens: int  # action tokens (= len(positions[0]))
+    # a stand-in that keeps a sharded (FSDP) rank in step with the others: it runs its passes, its
+    # results are dropped and its loss weighs 0 (see RLTrainer._rank_micro_batches)
+    dummy: bool = False
 
     def keep_columns(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The distinct loss columns (sorted) and, per loss position, its index among them."""
@@ -127,14 +130,36 @@ class _Batch:
         self.advantages = torch.zeros(shape, device=device)
         self.returns = torch.zeros(shape, device=device)
 
-    def micro_batches(self, order: torch.Tensor, size: int) -> list[_Micro]:
-        """Split the rows ``order`` (a CPU index tensor) into micro-batches of ``size`` rows.
+    def split(self, order: torch.Tensor, size: int, token_budget: int = 0) -> list[torch.Tensor]:
+        """The row groups of :meth:`micro_batches`: ``size`` rows each, or with ``token_budget > 0``
+        (``rl.micro_batch_tokens``, verl's dynamic batch size) rows taken longest first, as many per
+        group as fit ``rows x longest row <= token_budget`` padded tokens (a longer row goes alone)."""
+        if token_budget <= 0:
+            return list(order.split(size))
+        rows = sorted(order.tolist(), key=lambda i: -self.lengths[i])  # stable: ties keep their order
+        groups: list[list[int]] = []
+        for i in rows:
+            if groups and (len(groups[-1]) + 1) * self.lengths[groups[-1][0]] <= token_budget:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return [torch.tensor(g, dtype=order.dtype) for g in groups]
+
+    def micro_batches(self, order: torch.Tensor, size: int, token_budget: int = 0, pad_to: int = 0) -> list[_Micro]:
+        """Split the rows ``order`` (a CPU index tensor) into micro-batches (:meth:`split`), followed by
+        dummy ones (row 0, ``dummy=True``) up to ``pad_to`` micro-batches.
 
         Every index the micro-batches need goes to the device in one (pinned, asynchronous) copy: a
         copy per micro-batch from pageable memory would wait for the device's queue each time.
         """
+        groups = self.split(order, size, token_budget) if len(order) else []
+        n_real = len(groups)
+        groups += [torch.zeros(1, dtype=torch.long)] * max(0, pad_to - n_real)
+        if not groups:
+            return []
+        order = torch.cat(groups)
         parts, meta = [order], []
-        for idx in order.split(size):
+        for idx in groups:
             lens = [self.lengths[i] for i in idx.tolist()]
             width = max(lens)
             bi, ti = self.mask_cpu[idx, : width - 1].nonzero(as_tuple=True)
@@ -145,12 +170,13 @@ class _Batch:
             flat = flat.pin_memory()
         flat = flat.to(self.device, non_blocking=True)
         out, r, p = [], 0, len(order)
-        for n, width, padded, n_pos in meta:
+        for k, (n, width, padded, n_pos) in enumerate(meta):
             rows = flat[r:r + n]
             out.append(_Micro(rows=rows, ids=self.input_ids[rows, :width],
                               attn=self.attention_mask[rows, :width] if padded else None,
                               mask=self.mask[rows, : width - 1],
-                              positions=(flat[p:p + n_pos], flat[p + n_pos:p + 2 * n_pos]), tokens=n_pos))
+                              positions=(flat[p:p + n_pos], flat[p + n_pos:p + 2 * n_pos]), tokens=n_pos,
+                              dummy=k >= n_real))
             r, p = r + n, p + 2 * n_pos
         return out
 
@@ -188,7 +214,7 @@ class RLTrainer:
             torch.set_num_threads(cfg.threads)
         self._amp = autocast_dtype(cfg.dtype, self.device)
         self.tokenizer = tokenizer
-        self.policy = policy.to(self.device)
+        self.policy = self._to_device(policy)
         self.lora = is_lora(policy)
         self.vocab_size = int(policy.get_input_embeddings().num_embeddings)
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -211,14 +237,14 @@ class RLTrainer:
             if critic_vocab < self.vocab_size:
                 raise ConfigError(f"rl.critic_model has a vocabulary of {critic_vocab} tokens, smaller than the "
                                   f"policy's {self.vocab_size}: the critic must share the policy's tokenizer")
-            self.critic = critic.to(self.device)
+            self.critic = self._to_device(critic)
         elif critic is not None:
             raise InvalidArgument("grpo trains no critic, but one was given")
 
         self.reference: nn.Module | None = None
         if cfg.kl_coef > 0 and not self.lora:
             self.reference = (reference if reference is not None else build_reference(policy, self._amp))
-            self.reference.to(self.device).eval().requires_grad_(False)
+            self._to_device(self.reference).eval().requires_grad_(False)
 
         self.actor_optimizer = torch.optim.AdamW(params, lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
         self.actor_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -247,6 +273,11 @@ class RLTrainer:
         from s3core.generation.models import resolve_model
 
         cfg.validate("rl")
+        if cfg.strategy == "fsdp" and cls is RLTrainer and distributed.world()[1] > 1:  # sharded: s3core.rl.fsdp
+            from s3core.rl.fsdp import FSDPTrainer
+
+            return FSDPTrainer.from_pretrained(model_path, cfg, device=device, total_steps=total_steps,
+                                               temperature=temperature)
         if not model_path:
             raise ConfigError("the model the learner trains is empty (learner.model / searcher.model)")
         path = resolve_model(model_path)
@@ -324,6 +355,24 @@ class RLTrainer:
         assert self.critic is not None
         with self._autocast():
             return self.critic(ids, attn)[:, :-1]
+
+    # --- the data-parallel strategy (overridden by s3core.rl.fsdp.FSDPTrainer) --------------------
+
+    def _to_device(self, module: nn.Module) -> nn.Module:
+        """``module`` on the trainer's device (a sharded strategy has placed its shards already)."""
+        return module.to(self.device)
+
+    def _rank_micro_batches(self, b: _Batch, rows: torch.Tensor) -> list[_Micro]:
+        """This rank's micro-batches of ``rows`` (rows ``rank, rank + W, ...`` of it under data parallel;
+        all of them in one process), by ``rl.micro_batch_size`` rows or ``rl.micro_batch_tokens``."""
+        mine = rows[self._rank::self._world] if self._world > 1 else rows
+        return b.micro_batches(mine, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
+
+    def _reduce_gradients(self) -> None:
+        """Sum the gradients across the data-parallel ranks (replicas: one all-reduce per bucket)."""
+        distributed.all_reduce_gradients(_optimizer_params(self.actor_optimizer))
+        if self.critic_optimizer is not None:
+            distributed.all_reduce_gradients(_optimizer_params(self.critic_optimizer))
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -432,20 +481,26 @@ class RLTrainer:
             self.critic.eval()
         ent_sum = torch.zeros((), device=self.device)
         # data parallel: this rank scores rows rank, rank + W, ...; the others come in the sums below
-        rows = torch.arange(self._rank, b.size, self._world)
-        for mb in (b.micro_batches(rows, cfg.micro_batch_size) if len(rows) else []):
+        for mb in self._rank_micro_batches(b, torch.arange(b.size)):
+            # a dummy (a sharded rank with no rows left) runs the same passes as the other ranks; nothing kept
+            keep = not mb.dummy
             cols = slice(0, mb.ids.shape[1] - 1)
             if need_old:
                 assert b.old_logp is not None
                 lp, ent = self._next_token(mb, entropy="stat")
                 assert ent is not None
-                b.old_logp[mb.rows, cols] = lp
-                ent_sum = ent_sum + ent.sum()  # 0 outside the mask
+                if keep:
+                    b.old_logp[mb.rows, cols] = lp
+                    ent_sum = ent_sum + ent.sum()  # 0 outside the mask
             if need_ref:
                 assert b.ref_logp is not None
-                b.ref_logp[mb.rows, cols] = self._next_token(mb, reference=True)[0]
+                lp = self._next_token(mb, reference=True)[0]
+                if keep:
+                    b.ref_logp[mb.rows, cols] = lp
             if self.critic is not None:
-                b.values[mb.rows, cols] = self._values(mb.ids, mb.attn).float()
+                values = self._values(mb.ids, mb.attn).float()
+                if keep:
+                    b.values[mb.rows, cols] = values
         if self._world > 1:  # each row was filled by one rank and is 0 on the others: the sums are exact
             for t in (b.old_logp, b.ref_logp, b.values if self.critic is not None else None):
                 if t is not None:
@@ -486,13 +541,9 @@ class RLTrainer:
         """
         cfg = self.cfg
         dp = self._world > 1
-        if dp:  # this rank's part of the mini-batch; losses are scaled by the mini-batch's global tokens
-            rows = mb[self._rank::self._world]
-            micro = b.micro_batches(rows, cfg.micro_batch_size) if len(rows) else []
-            n_tok = sum(b.row_tokens[i] for i in mb.tolist())
-        else:
-            micro = b.micro_batches(mb, cfg.micro_batch_size)
-            n_tok = sum(m.tokens for m in micro)
+        # this rank's part of the mini-batch; losses are scaled by the mini-batch's global tokens
+        micro = self._rank_micro_batches(b, mb)
+        n_tok = sum(b.row_tokens[i] for i in mb.tolist())
         self.policy.train()
         self.actor_optimizer.zero_grad(set_to_none=True)
         if self.critic is not None:
@@ -506,7 +557,7 @@ class RLTrainer:
         ent_sum, kl_sum = zero, zero
         for mc in micro:
             m = mc.mask
-            share = mc.tokens / n_tok
+            share = 0.0 if mc.dummy else mc.tokens / n_tok
             logp, ent = self._next_token(mc, entropy="grad" if cfg.entropy_coef > 0 else
                                          "stat" if stats_pass else "none")
             old = logp.detach() if b.old_logp is None else mc.take(b.old_logp)
@@ -518,12 +569,12 @@ class RLTrainer:
                 ref = mc.take(b.ref_logp)
                 if cfg.kl_mode == "loss":
                     loss = loss + cfg.kl_coef * algos.masked_mean(algos.kl_estimate(logp, ref, cfg.kl_estimator), m)
-                if stats_pass:
+                if stats_pass and not mc.dummy:
                     kl_sum = kl_sum + algos.masked_sum(algos.kl_estimate(logp.detach(), ref, cfg.kl_estimator), m)
             if ent is not None:
                 if cfg.entropy_coef > 0:
                     loss = loss - cfg.entropy_coef * algos.masked_mean(ent, m)
-                if stats_pass:
+                if stats_pass and not mc.dummy:
                     ent_sum = ent_sum + ent.detach().sum()  # 0 outside the mask
             (loss * share).backward()
             del logp, loss, ent
@@ -535,9 +586,7 @@ class RLTrainer:
                 acc["value_clip_fraction"] = acc["value_clip_fraction"] + vclip * share
                 del values, vloss
         if dp:  # gradients and statistics summed over the ranks: the single-process mini-batch's
-            distributed.all_reduce_gradients(_optimizer_params(self.actor_optimizer))
-            if self.critic_optimizer is not None:
-                distributed.all_reduce_gradients(_optimizer_params(self.critic_optimizer))
+            self._reduce_gradients()
             keys = list(acc)
             *sums, ent_total, kl_total = distributed.all_reduce_sum([*acc.values(), ent_sum, kl_sum], self.device)
             acc = dict(zip(keys, (torch.tensor(v) for v in sums)))
