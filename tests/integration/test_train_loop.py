@@ -93,7 +93,8 @@ def test_two_ppo_steps_in_process(world: dict[str, Any], services: dict, redis_u
         for r in rows:
             assert r["trajectories"] == 2
             for key in ("reward_mean", "gbr_mean", "kl", "entropy", "value_loss", "clip_fraction", "tokens_per_second",
-                        "rollout_seconds", "reward_seconds", "update_seconds"):
+                        "rollout_seconds", "reward_seconds", "update_seconds", "approx_kl", "reward_std",
+                        "advantage_mean", "skipped_updates", "value_grad_norm"):
                 assert key in r, key
             assert abs(r["reward_share_neg"] + r["reward_share_zero"] + r["reward_share_pos"] - 1.0) < 1e-9
         assert (ckdir / "reward_curve.png").stat().st_size > 1000

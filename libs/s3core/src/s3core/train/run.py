@@ -405,7 +405,8 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
                 "tokens_per_second": float(st.get("tokens", 0.0)) / (step_s * devices) if step_s > 0 else 0.0,
             }
             for k in ("policy_loss", "value_loss", "kl", "entropy", "clip_fraction", "value_clip_fraction",
-                      "grad_norm", "lr", "response_tokens", "tokens"):
+                      "grad_norm", "value_grad_norm", "approx_kl", "skipped_updates", "reward_std",
+                      "advantage_mean", "lr", "response_tokens", "tokens"):
                 if k in st and math.isfinite(float(st[k])):
                     row[k] = float(st[k])
             tlog.log(step, row)
