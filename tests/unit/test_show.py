@@ -5,10 +5,10 @@ import io
 import pytest
 from rich.console import Console
 
+from s3cli.show import show
 from s3core.errors import InvalidArgument, NotFound
 from s3core.eval.report import write_outcome
 from s3core.eval.runner import evaluate
-from s3core.search.show import show
 from s3core.search.trajectory import InfoBlock, Trajectory, Turn
 from s3core.types import Doc, Question
 

@@ -1,9 +1,17 @@
-"""Trajectory <-> searcher_pb2.Trajectory round trip."""
+"""Trajectory <-> searcher_pb2.Trajectory round trip (s3core.rpc.convert)."""
 
 from __future__ import annotations
 
 from s3.v1 import searcher_pb2
-from s3core.search.trajectory import InfoBlock, Trajectory, Turn, trajectory_from_pb, trajectory_to_pb
+from s3core.rpc.convert import (
+    trajectory_from_bytes,
+    trajectory_from_json,
+    trajectory_from_pb,
+    trajectory_to_bytes,
+    trajectory_to_json,
+    trajectory_to_pb,
+)
+from s3core.search.trajectory import InfoBlock, Trajectory, Turn
 from s3core.types import Doc, Question
 
 
@@ -48,23 +56,23 @@ def test_round_trip_is_lossless():
 
 def test_round_trip_through_bytes():
     t = _sample()
-    data = t.to_pb().SerializeToString()
+    data = trajectory_to_pb(t).SerializeToString()
     p = searcher_pb2.Trajectory()
     p.ParseFromString(data)
-    assert Trajectory.from_pb(p) == t
+    assert trajectory_from_pb(p) == t
     # and the pb form is stable: pb -> dataclass -> pb gives the same message
-    assert Trajectory.from_pb(p).to_pb() == p
+    assert trajectory_to_pb(trajectory_from_pb(p)) == p
 
 
 def test_empty_trajectory_round_trip():
     t = Trajectory(question=Question(id="", question="", golden_answers=()))
-    assert Trajectory.from_pb(t.to_pb()) == t
+    assert trajectory_from_pb(trajectory_to_pb(t)) == t
 
 
 def test_pb_fields_are_all_covered():
     """A new field in the proto must be mapped here too."""
     t = _sample()
-    p = t.to_pb()
+    p = trajectory_to_pb(t)
     for msg, names in (
         (p, {"question", "turns", "blocks", "token_ids", "action_mask", "prompt_length", "context",
              "policy_version", "group_index"}),
@@ -81,3 +89,16 @@ def test_helpers():
     assert t.action_spans() == [(3, 5), (7, 8), (9, 11)]
     assert t.last_action_index() == 10
     assert t.blocks[1].selected_docs() == [t.blocks[1].docs[1], t.blocks[1].docs[0]]
+
+
+def test_bytes_and_json_forms_round_trip():
+    t = _sample()
+    assert trajectory_from_bytes(trajectory_to_bytes(t)) == t
+    obj = trajectory_to_json(t)
+    assert obj["question"]["id"] == "q7" and int(obj["policy_version"]) == 42  # int64: a string in proto JSON
+    assert trajectory_from_json(obj) == t
+
+
+def test_domain_type_has_no_wire_methods():
+    """The domain type knows nothing of protobuf (the conversion is s3core.rpc.convert's)."""
+    assert not hasattr(Trajectory, "to_pb") and not hasattr(Trajectory, "from_pb")

@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from s3core.search.show import show
+    from s3cli.show import show
 
     show(args.file, qid=args.id, index=args.index, full=args.full)  # its own console: long texts wrap
     return 0

@@ -1,4 +1,4 @@
-"""``s3 show``: one saved s3 episode, rendered readably in the terminal (rich).
+"""``s3 show``: one saved s3 episode, rendered readably in the terminal (rich; the CLI's renderer, not s3core's).
 
 Reads a ``trajectories.jsonl`` written by `s3 eval` (see :mod:`s3core.eval.report`) and, when a
 ``predictions.jsonl`` sits next to it, the prediction and its correctness.  Everything shown comes

@@ -28,7 +28,7 @@ from s3.v1 import common_pb2, searcher_pb2, searcher_pb2_grpc
 from s3_searcher import metrics
 from s3core.config import SearchConfig, SearcherConfig
 from s3core.errors import FailedPrecondition, InvalidArgument, NotFound, S3Error, Unavailable
-from s3core.rpc.convert import question_from_pb, search_knobs_from_pb
+from s3core.rpc.convert import question_from_pb, search_knobs_from_pb, trajectory_to_pb
 from s3core.search.agent import MAX_QUESTION_CHARS, SearchAsk, parse_search, search_result
 from s3core.search.episode import EpisodeStats, Policy, SearchFn, run_episodes
 from s3core.search.trajectory import Trajectory
@@ -436,7 +436,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServicer):
     def _run_pb(self, job: RolloutJob, cancelled: threading.Event) -> tuple[searcher_pb2.RolloutResponse, RolloutResult]:
         result = self.core.run(job, cancelled)
         resp = searcher_pb2.RolloutResponse(policy_version=result.version)
-        resp.trajectories.extend(t.to_pb() for t in result.trajectories)
+        resp.trajectories.extend(trajectory_to_pb(t) for t in result.trajectories)
         return resp, result
 
     async def Rollout(self, request: searcher_pb2.RolloutRequest, context: Any) -> searcher_pb2.RolloutResponse:  # noqa: N802
@@ -461,7 +461,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServicer):
         cancelled = threading.Event()
 
         def on_finish(traj: Trajectory) -> None:  # worker thread
-            loop.call_soon_threadsafe(queue.put_nowait, traj.to_pb())
+            loop.call_soon_threadsafe(queue.put_nowait, trajectory_to_pb(traj))
 
         t0 = time.perf_counter()
         task = asyncio.ensure_future(asyncio.to_thread(self.core.run, job, cancelled, on_finish))

@@ -38,8 +38,6 @@ import json
 import re
 from typing import Any, Sequence
 
-import grpc
-
 from s3core.eval.methods import CompleteFn, MethodContext, MethodOutput, register_method
 from s3core.generation.prompts import format_context
 from s3core.search.context import dedup_docs
@@ -70,30 +68,12 @@ BASELINE_PROMPT_VERSION = "s3-baselines-v2"  # v2: + cot, search-o1 (v1 template
 def complete_via_generator(client: Any, timeout: float | None = None) -> CompleteFn:
     """A :class:`CompleteFn` over a generator service's ``Complete`` RPC (``client``: a
     :class:`~s3core.rpc.clients.GeneratorClient`)."""
-    from s3.v1 import generator_pb2, generator_pb2_grpc
-    from s3core.rpc.errors import from_rpc_error
-
-    stub = generator_pb2_grpc.GeneratorStub(client.channel)
     deadline = timeout if timeout is not None else getattr(client, "timeout", 600.0)
 
     def complete(conversations: Sequence[Sequence[dict[str, str]]], max_new_tokens: int,
                  temperature: float = 0.0, stop: Sequence[str] = ()) -> list[str]:
-        if not conversations:
-            return []
-        req = generator_pb2.CompleteRequest(
-            conversations=[
-                generator_pb2.Conversation(
-                    messages=[generator_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in conv]
-                )
-                for conv in conversations
-            ],
-            max_new_tokens=max_new_tokens, temperature=temperature, stop=list(stop),
-        )
-        try:
-            resp = stub.Complete(req, timeout=deadline)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, f"baseline LLM {client.address} Complete") from None
-        return list(resp.texts)
+        return list(client.complete(conversations, max_new_tokens, temperature=temperature, stop=stop,
+                                    timeout=deadline))
 
     return complete
 

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from s3core.search.trajectory import Trajectory, trajectory_from_pb, trajectory_to_pb
+from s3core.rpc.convert import trajectory_from_bytes, trajectory_to_bytes
+from s3core.search.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,11 @@ def fingerprint(obj: Any) -> str:
 
 
 def _traj_to_b64(t: Trajectory) -> str:
-    return base64.b64encode(trajectory_to_pb(t).SerializeToString()).decode("ascii")
+    return base64.b64encode(trajectory_to_bytes(t)).decode("ascii")
 
 
 def _traj_from_b64(b64: str) -> Trajectory:
-    from s3.v1 import searcher_pb2
-
-    return trajectory_from_pb(searcher_pb2.Trajectory.FromString(base64.b64decode(b64)))
+    return trajectory_from_bytes(base64.b64decode(b64))
 
 
 class ProgressLog:

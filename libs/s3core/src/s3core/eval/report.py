@@ -108,7 +108,7 @@ def write_summary(out_dir: str | Path, results: Sequence[dict[str, Any]]) -> Non
 # --- trajectories --------------------------------------------------------------------------------
 
 def trajectory_record(dataset: str, qid: str, method: str, traj: Trajectory, context_doc_ids: Sequence[str]) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
+    from s3core.rpc.convert import trajectory_to_json
 
     return {
         "dataset": dataset,
@@ -116,13 +116,11 @@ def trajectory_record(dataset: str, qid: str, method: str, traj: Trajectory, con
         "method": method,
         "ablation": S3_VARIANTS.get(method, "none"),
         "context_doc_ids": list(context_doc_ids),
-        "trajectory": MessageToDict(traj.to_pb(), preserving_proto_field_name=True),
+        "trajectory": trajectory_to_json(traj),
     }
 
 
 def read_trajectory_record(record: dict[str, Any]) -> Trajectory:
-    from google.protobuf.json_format import ParseDict
+    from s3core.rpc.convert import trajectory_from_json
 
-    from s3.v1 import searcher_pb2
-
-    return Trajectory.from_pb(ParseDict(record["trajectory"], searcher_pb2.Trajectory()))
+    return trajectory_from_json(record["trajectory"])

@@ -23,7 +23,7 @@ from s3.v1 import (
 )
 from s3core.errors import Unavailable
 from s3core.rpc.auth import with_token
-from s3core.rpc.convert import doc_to_pb, docs_from_pb, question_to_pb, search_knobs_to_pb
+from s3core.rpc.convert import doc_to_pb, docs_from_pb, question_to_pb, search_knobs_to_pb, trajectory_from_pb
 from s3core.rpc.errors import from_rpc_error
 from s3core.rpc.tls import open_channel
 from s3core.search.trajectory import Trajectory
@@ -201,6 +201,27 @@ class GeneratorClient(_Client):
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"generator {self.address} Judge") from None
 
+    def complete(self, conversations: Sequence[Sequence[Mapping[str, str]]], max_new_tokens: int,
+                 temperature: float = 0.0, stop: Sequence[str] = (), timeout: float | None = None) -> list[str]:
+        """Free-form chat completions (the ``Complete`` RPC): one text a conversation of
+        ``{"role", "content"}`` messages."""
+        if not conversations:
+            return []
+        req = generator_pb2.CompleteRequest(
+            conversations=[
+                generator_pb2.Conversation(
+                    messages=[generator_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in conv]
+                )
+                for conv in conversations
+            ],
+            max_new_tokens=max_new_tokens, temperature=temperature, stop=list(stop),
+        )
+        try:
+            resp = self._stub.Complete(req, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"baseline LLM {self.address} Complete") from None
+        return list(resp.texts)
+
     def model_info(self) -> generator_pb2.ModelInfoResponse:
         try:
             return self._stub.ModelInfo(generator_pb2.ModelInfoRequest(), timeout=self.timeout)
@@ -254,7 +275,7 @@ class SearcherClient(_Client):
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"searcher {self.address} Rollout") from None
         self._keep_stats(call.trailing_metadata())
-        return [Trajectory.from_pb(t) for t in resp.trajectories]
+        return [trajectory_from_pb(t) for t in resp.trajectories]
 
     def rollout_stream(self, questions: Sequence[Question], knobs: Mapping[str, Any] | Any = None, n: int = 1,
                        seed: int = 0, expect_version: int = 0) -> Iterator[Trajectory]:
@@ -263,7 +284,7 @@ class SearcherClient(_Client):
         call = self._stub.RolloutStream(req, timeout=self.timeout)
         try:
             for t in call:
-                yield Trajectory.from_pb(t)
+                yield trajectory_from_pb(t)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"searcher {self.address} RolloutStream") from None
         finally:

@@ -1,4 +1,12 @@
-"""proto <-> domain conversion, in one place."""
+"""proto <-> domain conversion, in one place.
+
+Domain types (:mod:`s3core.types`, :mod:`s3core.search.trajectory`) know nothing of the wire; every
+``*_pb2`` message is built and read here (and in the clients and servicers that call these).
+``trajectory_to_pb`` / ``trajectory_from_pb`` round-trip every field ``searcher_pb2.Trajectory`` has; two
+things the proto cannot carry: ``Question.metadata``, and full float64 precision of ``Doc.score`` (a
+float32 on the wire).  ``trajectory_to_json`` / ``trajectory_from_json`` are the same message as a JSON
+object (the ``"trajectory"`` of a ``trajectories.jsonl`` record).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from typing import Any, Iterable, Mapping
 from s3.v1 import common_pb2, searcher_pb2
 from s3core.config import SearchConfig
 from s3core.errors import InvalidArgument
+from s3core.search.trajectory import InfoBlock, Trajectory, Turn
 from s3core.types import Doc, Question
 
 
@@ -30,6 +39,78 @@ def question_to_pb(q: Question) -> common_pb2.Question:
 
 def question_from_pb(p: common_pb2.Question) -> Question:
     return Question(id=p.id, question=p.question, golden_answers=tuple(p.golden_answers), dataset=p.dataset)
+
+
+# --- trajectories (s3.v1.Trajectory) ---------------------------------------------------------------
+
+def info_block_to_pb(b: InfoBlock) -> searcher_pb2.InfoBlock:
+    return searcher_pb2.InfoBlock(index=b.index, query=b.query, documents=[doc_to_pb(d) for d in b.docs],
+                                  selected=list(b.selected), has_selection=b.has_selection)
+
+
+def info_block_from_pb(p: searcher_pb2.InfoBlock) -> InfoBlock:
+    return InfoBlock(index=p.index, query=p.query, docs=docs_from_pb(p.documents), selected=list(p.selected),
+                     has_selection=p.has_selection)
+
+
+def turn_to_pb(t: Turn) -> searcher_pb2.Turn:
+    return searcher_pb2.Turn(raw_text=t.raw_text, query=t.query or "", important_ids=list(t.important_ids),
+                             search_complete=t.search_complete, valid_action=t.valid_action, observation=t.observation)
+
+
+def turn_from_pb(p: searcher_pb2.Turn) -> Turn:
+    return Turn(raw_text=p.raw_text, query=p.query or None,  # the parser never yields an empty query
+                important_ids=list(p.important_ids), search_complete=p.search_complete,
+                valid_action=p.valid_action, observation=p.observation)
+
+
+def trajectory_to_pb(t: Trajectory) -> searcher_pb2.Trajectory:
+    return searcher_pb2.Trajectory(
+        question=question_to_pb(t.question),
+        turns=[turn_to_pb(x) for x in t.turns],
+        blocks=[info_block_to_pb(b) for b in t.blocks],
+        token_ids=list(t.token_ids),
+        action_mask=list(t.action_mask),
+        prompt_length=t.prompt_length,
+        context=[doc_to_pb(d) for d in t.context],
+        policy_version=t.policy_version,
+        group_index=t.group_index,
+    )
+
+
+def trajectory_from_pb(p: searcher_pb2.Trajectory) -> Trajectory:
+    return Trajectory(
+        question=question_from_pb(p.question),
+        turns=[turn_from_pb(x) for x in p.turns],
+        blocks=[info_block_from_pb(b) for b in p.blocks],
+        token_ids=list(p.token_ids),
+        action_mask=list(p.action_mask),
+        prompt_length=p.prompt_length,
+        context=docs_from_pb(p.context),
+        policy_version=p.policy_version,
+        group_index=p.group_index,
+    )
+
+
+def trajectory_to_json(t: Trajectory) -> dict[str, Any]:
+    """The trajectory as the JSON object of its proto (field names as in the proto)."""
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(trajectory_to_pb(t), preserving_proto_field_name=True)
+
+
+def trajectory_from_json(obj: Mapping[str, Any]) -> Trajectory:
+    from google.protobuf.json_format import ParseDict
+
+    return trajectory_from_pb(ParseDict(obj, searcher_pb2.Trajectory()))
+
+
+def trajectory_to_bytes(t: Trajectory) -> bytes:
+    return trajectory_to_pb(t).SerializeToString()
+
+
+def trajectory_from_bytes(data: bytes) -> Trajectory:
+    return trajectory_from_pb(searcher_pb2.Trajectory.FromString(data))
 
 
 # --- searcher knobs (s3.v1.SearchKnobs) <-> SearchConfig -------------------------------------------

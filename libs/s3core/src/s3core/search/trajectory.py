@@ -1,24 +1,21 @@
-"""The structured record of one s3 episode (spec §2) and its protobuf form.
+"""The structured record of one s3 episode (spec §2).
 
 A trajectory is data, not a string: the blocks hold the documents and the selections made from
 them, the turns hold what the searcher generated and how it was parsed, and ``token_ids`` /
 ``action_mask`` hold the exact token sequence the policy saw and produced.  Context assembly
 (:mod:`s3core.search.context`) and the learner read these fields; nothing re-parses text.
 
-``to_pb`` / ``from_pb`` round-trip every field ``searcher_pb2.Trajectory`` has.  Two things the
-proto cannot carry: ``Question.metadata``, and full float64 precision of ``Doc.score`` (the proto
-field is a float32).
+A domain type: it knows nothing of the wire.  Its protobuf form (``s3.v1.Trajectory``) and the JSON
+record form are in :mod:`s3core.rpc.convert` (``trajectory_to_pb`` / ``trajectory_from_pb``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from s3.v1 import searcher_pb2
-from s3core.rpc.convert import doc_from_pb, doc_to_pb, question_from_pb, question_to_pb
 from s3core.types import Doc, Question
 
-__all__ = ["InfoBlock", "Turn", "Trajectory", "trajectory_to_pb", "trajectory_from_pb"]
+__all__ = ["InfoBlock", "Turn", "Trajectory"]
 
 
 @dataclass
@@ -34,25 +31,6 @@ class InfoBlock:
     def selected_docs(self) -> list[Doc]:
         return [self.docs[i - 1] for i in self.selected if 1 <= i <= len(self.docs)]
 
-    def to_pb(self) -> searcher_pb2.InfoBlock:
-        return searcher_pb2.InfoBlock(
-            index=self.index,
-            query=self.query,
-            documents=[doc_to_pb(d) for d in self.docs],
-            selected=list(self.selected),
-            has_selection=self.has_selection,
-        )
-
-    @classmethod
-    def from_pb(cls, p: searcher_pb2.InfoBlock) -> InfoBlock:
-        return cls(
-            index=p.index,
-            query=p.query,
-            docs=[doc_from_pb(d) for d in p.documents],
-            selected=list(p.selected),
-            has_selection=p.has_selection,
-        )
-
 
 @dataclass
 class Turn:
@@ -64,27 +42,6 @@ class Turn:
     search_complete: bool = False  # the searcher said it is done
     valid_action: bool = False
     observation: str = ""  # text the environment appended after this turn ("" after the last turn)
-
-    def to_pb(self) -> searcher_pb2.Turn:
-        return searcher_pb2.Turn(
-            raw_text=self.raw_text,
-            query=self.query or "",
-            important_ids=list(self.important_ids),
-            search_complete=self.search_complete,
-            valid_action=self.valid_action,
-            observation=self.observation,
-        )
-
-    @classmethod
-    def from_pb(cls, p: searcher_pb2.Turn) -> Turn:
-        return cls(
-            raw_text=p.raw_text,
-            query=p.query or None,  # the parser never yields an empty query
-            important_ids=list(p.important_ids),
-            search_complete=p.search_complete,
-            valid_action=p.valid_action,
-            observation=p.observation,
-        )
 
 
 @dataclass
@@ -130,38 +87,3 @@ class Trajectory:
             if self.action_mask[i]:
                 return i
         return -1
-
-    def to_pb(self) -> searcher_pb2.Trajectory:
-        return searcher_pb2.Trajectory(
-            question=question_to_pb(self.question),
-            turns=[t.to_pb() for t in self.turns],
-            blocks=[b.to_pb() for b in self.blocks],
-            token_ids=list(self.token_ids),
-            action_mask=list(self.action_mask),
-            prompt_length=self.prompt_length,
-            context=[doc_to_pb(d) for d in self.context],
-            policy_version=self.policy_version,
-            group_index=self.group_index,
-        )
-
-    @classmethod
-    def from_pb(cls, p: searcher_pb2.Trajectory) -> Trajectory:
-        return cls(
-            question=question_from_pb(p.question),
-            turns=[Turn.from_pb(t) for t in p.turns],
-            blocks=[InfoBlock.from_pb(b) for b in p.blocks],
-            token_ids=list(p.token_ids),
-            action_mask=list(p.action_mask),
-            prompt_length=p.prompt_length,
-            context=[doc_from_pb(d) for d in p.context],
-            policy_version=p.policy_version,
-            group_index=p.group_index,
-        )
-
-
-def trajectory_to_pb(t: Trajectory) -> searcher_pb2.Trajectory:
-    return t.to_pb()
-
-
-def trajectory_from_pb(p: searcher_pb2.Trajectory) -> Trajectory:
-    return Trajectory.from_pb(p)

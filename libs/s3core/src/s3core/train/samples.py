@@ -9,6 +9,7 @@ from typing import Any
 from s3.v1 import learner_pb2
 from s3core.cache.keys import baseline_dataset
 from s3core.errors import InvalidArgument
+from s3core.rpc.convert import trajectory_from_pb, trajectory_to_pb
 from s3core.search.trajectory import Trajectory
 
 __all__ = ["ScoredTrajectory", "group_key", "scored_from_pb", "scored_to_pb", "to_sample"]
@@ -42,10 +43,10 @@ def to_sample(s: ScoredTrajectory, index: int = 0) -> Any:
 
 
 def scored_to_pb(s: ScoredTrajectory) -> learner_pb2.ScoredTrajectory:
-    return learner_pb2.ScoredTrajectory(trajectory=s.trajectory.to_pb(), reward=s.reward, gbr=s.gbr,
+    return learner_pb2.ScoredTrajectory(trajectory=trajectory_to_pb(s.trajectory), reward=s.reward, gbr=s.gbr,
                                         context_acc=s.context_acc, baseline_acc=s.baseline_acc)
 
 
 def scored_from_pb(p: learner_pb2.ScoredTrajectory) -> ScoredTrajectory:
-    return ScoredTrajectory(Trajectory.from_pb(p.trajectory), float(p.reward), float(p.gbr), float(p.context_acc),
+    return ScoredTrajectory(trajectory_from_pb(p.trajectory), float(p.reward), float(p.gbr), float(p.context_acc),
                             float(p.baseline_acc))
