@@ -328,7 +328,7 @@ def save_sharded_checkpoint(manager: Any, target: Path, step: int, trainer: FSDP
     """
     import torch.distributed.checkpoint as dcp
 
-    from s3core.rl.checkpoint import MANIFEST, _FORMAT, _fsync, _sha256, capture_rng
+    from s3core.rl.checkpoint import _FORMAT, MANIFEST, _fsync, _sha256, capture_rng
 
     rank = distributed.world()[0]
     root = manager.root
