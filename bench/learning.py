@@ -50,24 +50,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output directory (must be empty or absent)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world (default 0)")
     p.add_argument("--n-entities", type=int, default=300, help="entities of the world (default 300)")
-    p.add_argument("--n-heldout", type=int, default=60, help="held-out 2-hop questions (default 60)")
-    p.add_argument("--n-val", type=int, default=24, help="validation 2-hop questions (default 24)")
-    p.add_argument("--n-train", type=int, default=80, help="training-pool 2-hop questions (default 80)")
+    p.add_argument("--n-heldout", type=int, default=100, help="held-out 2-hop questions (default 100)")
+    p.add_argument("--n-val", type=int, default=32, help="validation 2-hop questions (default 32)")
+    p.add_argument("--n-train", type=int, default=240, help="training-pool 2-hop questions (default 240)")
     p.add_argument("--sft-examples", type=int, default=96, help="teacher trajectories for the warm start")
     p.add_argument("--sft-epochs", type=int, default=1, help="warm-start epochs (0 = no warm start; default 1)")
     p.add_argument("--init-policy", default="",
                    help="start RL from this Hugging Face folder (e.g. DIR/sft/policy of an earlier run on the same "
                         "world and splits) instead of running the warm start")
     p.add_argument("--sft-lr", type=float, default=2e-4, help="warm-start learning rate (default 2e-4)")
-    p.add_argument("--steps", type=int, default=10, help="RL steps (default 10)")
+    p.add_argument("--steps", type=int, default=12, help="RL steps (default 12)")
     p.add_argument("--batch-size", type=int, default=4, help="questions per RL step (default 4)")
     p.add_argument("--group-size", type=int, default=4, help="GRPO trajectories per question (default 4)")
-    p.add_argument("--lr", type=float, default=1e-4, help="RL actor learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, default=5e-5, help="RL actor learning rate (default 5e-5)")
+    p.add_argument("--no-filter-groups", dest="filter_groups", action="store_false",
+                   help="update on every group, also those whose rewards are all equal (default: DAPO-style "
+                        "dynamic sampling, rl.filter_groups)")
+    p.add_argument("--filter-max-rounds", type=int, default=3,
+                   help="rollouts per step at most while collecting informative groups (default 3)")
     p.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus of the RL loss (default 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="rollout temperature during RL (default 1.0)")
+    p.add_argument("--temperature", type=float, default=1.2, help="rollout temperature during RL (default 1.2)")
     p.add_argument("--train-top-layers", type=int, default=8,
                    help="decoder layers trained, from the top (SFT and RL; 0 = all; default 8)")
-    p.add_argument("--val-every", type=int, default=5, help="validate every N RL steps (default 5)")
+    p.add_argument("--val-every", type=int, default=4, help="validate every N RL steps (default 4)")
     p.add_argument("--second-world-seed", type=int, default=1, help="seed of the transfer world (default 1)")
     p.add_argument("--second-world-n", type=int, default=30,
                    help="2-hop questions of the transfer world (0 = skip stage 7; default 30)")
@@ -76,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the extra held-out evaluation of the last RL policy (when it is not the best one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    for name in ("n_heldout", "n_val", "n_train", "steps", "batch_size", "val_every"):
+    for name in ("n_heldout", "n_val", "n_train", "steps", "batch_size", "val_every", "filter_max_rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.group_size < 2:
@@ -109,7 +114,8 @@ def _config_yaml(args: argparse.Namespace, out: Path, splits: dict[str, Path]) -
                    "temperature_train": args.temperature, "temperature_eval": 0.0},
         "generator": {"judge": "none"},
         "rl": {"algorithm": "grpo", "group_size": args.group_size, "actor_lr": args.lr, "kl_coef": 0.0,
-               "entropy_coef": args.entropy_coef, "train_top_layers": args.train_top_layers, "micro_batch_size": 4, "max_grad_norm": 1.0,
+               "entropy_coef": args.entropy_coef, "train_top_layers": args.train_top_layers, "micro_batch_size": 4,
+               "max_grad_norm": 1.0, "filter_groups": args.filter_groups, "filter_max_rounds": args.filter_max_rounds,
                "seed": 0},
         "train": {"questions": [str(splits["train"])], "steps": args.steps, "batch_size": args.batch_size,
                   "checkpoint_dir": str(out / "train"), "save_every": 1, "keep_last": 2, "seed": 0,

@@ -110,6 +110,35 @@ def test_two_ppo_steps_in_process(world: dict[str, Any], services: dict, redis_u
         assert again.steps == 2 and again.start_step == 2
 
 
+def test_grpo_dynamic_sampling_rolls_out_more_and_updates_on_informative_groups(
+        world: dict[str, Any], services: dict, redis_url: str, service_runner: Any, tmp_path: Path) -> None:
+    ckdir = tmp_path / "ckpt"
+    with _searcher(world, services, service_runner, tmp_path / "s") as s:
+        cfg = _config(world, services, ckdir, steps=2, searcher=s.grpc_target,
+                      rl={"algorithm": "grpo", "group_size": 2, "filter_groups": True, "filter_max_rounds": 2})
+        summary = run_training(TrainJob(config=cfg, show_progress=False, redis_url=redis_url, resume=False))
+        assert summary.steps == 2 and summary.version == 2
+    rows = [json.loads(x) for x in (ckdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    drawn = 0
+    for r in rows:
+        assert 1 <= r["rollout_rounds"] <= 2
+        assert r["groups_seen"] == 2 * r["rollout_rounds"]  # batch_size questions a round
+        assert r["trajectories"] == 2 * r["groups_seen"]  # every rollout is logged, filtered or not
+        assert r["groups_informative"] <= r["groups_seen"]
+        # the informative groups, at most a batch of them; none found: the first round's batch
+        assert r["trajectories_updated"] == 2 * (min(2, r["groups_informative"]) or 2)
+        if r["rollout_rounds"] == 1:  # stopped early only with a full batch of informative groups
+            assert r["groups_informative"] >= 2 and r["reward_std"] > 0
+        drawn += r["groups_seen"]
+    from s3core.rl.checkpoint import CheckpointManager
+
+    latest = CheckpointManager(ckdir).latest()
+    assert latest is not None
+    state = json.loads((latest / "extra.json").read_text())["extra"]
+    assert state["data"]["pos"] + state["data"]["epoch"] * state["data"]["size"] == drawn  # the cursor saw all
+
+
 def _learner(world: dict[str, Any], ckdir: Path, service_runner: Any, workdir: Path) -> Any:
     workdir.mkdir(exist_ok=True)
     (workdir / "ready.json").unlink(missing_ok=True)

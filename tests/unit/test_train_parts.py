@@ -158,3 +158,24 @@ def test_float_knobs_accept_yaml_exponent_strings() -> None:
     assert cfg.rl.actor_lr == 1e-6 and cfg.rl.critic_lr == 2e-5
     with pytest.raises(ConfigError, match="rl.actor_lr must be a number, got 'fast'"):
         load_config(overrides={"rl": {"actor_lr": "fast"}})
+
+
+def test_dynamic_sampling_keeps_only_groups_whose_rewards_differ() -> None:
+    from types import SimpleNamespace
+
+    from s3core.train.run import _informative_groups
+
+    rewards = [0, 0, 1, 0, 1, 1, 0.5, 0.25, -1, -1]  # five groups of two
+    scored = [SimpleNamespace(reward=r, i=i) for i, r in enumerate(rewards)]
+    assert [s.i for s in _informative_groups(scored, 2)] == [2, 3, 6, 7]
+    assert _informative_groups(scored[:2], 2) == []
+    assert [s.i for s in _informative_groups(scored[:6], 3)] == [0, 1, 2, 3, 4, 5]  # (0,0,1) and (0,1,1)
+
+
+def test_dynamic_sampling_config() -> None:
+    cfg = load_config(overrides={"rl": {"algorithm": "grpo", "filter_groups": True, "filter_max_rounds": 4}})
+    assert cfg.rl.filter_groups and cfg.rl.filter_max_rounds == 4
+    with pytest.raises(ConfigError, match="rl.filter_max_rounds must be >= 1"):
+        load_config(overrides={"rl": {"algorithm": "grpo", "filter_max_rounds": 0}})
+    with pytest.raises(ConfigError, match="rl.filter_groups needs rl.algorithm: grpo"):
+        load_config(overrides={"rl": {"algorithm": "ppo", "filter_groups": True}})

@@ -172,12 +172,21 @@ class RLConfig:
     strategy: Literal["replicate", "fsdp"] = "replicate"
     micro_batch_tokens: int = 0  # > 0: micro-batches by a budget of padded tokens instead of micro_batch_size rows
     fsdp_cpu_offload: bool = False  # fsdp: sharded parameters, gradients and optimiser state in host memory (CUDA)
+    # grpo, DAPO's dynamic sampling: drop the groups whose trajectories all earned the same reward (their
+    # advantages are 0: no gradient, only update time) and roll out more questions, up to filter_max_rounds
+    # rollouts a step, until train.batch_size informative groups are in hand
+    filter_groups: bool = False
+    filter_max_rounds: int = 3
 
     def validate(self, path: str) -> None:
         if self.strategy not in ("replicate", "fsdp"):
             raise ConfigError(f"{path}.strategy must be replicate or fsdp, got {self.strategy!r}")
         if self.micro_batch_tokens < 0:
             raise ConfigError(f"{path}.micro_batch_tokens must be >= 0, got {self.micro_batch_tokens}")
+        if self.filter_max_rounds < 1:
+            raise ConfigError(f"{path}.filter_max_rounds must be >= 1, got {self.filter_max_rounds}")
+        if self.filter_groups and self.algorithm != "grpo":
+            raise ConfigError(f"{path}.filter_groups needs {path}.algorithm: grpo (it filters GRPO groups)")
         if self.fsdp_cpu_offload and self.strategy != "fsdp":
             raise ConfigError(f"{path}.fsdp_cpu_offload needs {path}.strategy: fsdp")
         for name in ("actor_lr", "critic_lr"):

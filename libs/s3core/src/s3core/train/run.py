@@ -200,6 +200,17 @@ def _score_contexts(trajs: Sequence[Any], gen: Any, judge: bool, batch: int = 64
     return score_contexts(trajs, gen, judge, batch)
 
 
+def _informative_groups(scored: Sequence[Any], group: int) -> list[Any]:
+    """The trajectories of the groups (``group`` consecutive ones, one question) whose rewards are
+    not all equal: the only ones with a non-zero GRPO advantage."""
+    out: list[Any] = []
+    for i in range(0, len(scored), group):
+        g = scored[i: i + group]
+        if max(s.reward for s in g) > min(s.reward for s in g):
+            out.extend(g)
+    return out
+
+
 def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
 
@@ -354,10 +365,11 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
 
         # the policy the run (re)starts from: before training, or the resumed step's (a crash lost it)
         validate(start_step, status["policy_path"] if version > 0 else "")
-        for step in range(start_step + 1, tc.steps + 1):
-            t0 = time.perf_counter()
-            batch: list[Question] = data.next_batch(tc.batch_size)
-            trajs = searcher.rollout(batch, knobs, n=group, seed=tc.seed * 1_000_003 + step, expect_version=version)
+        def rollout(batch: list[Question], seed: int) -> tuple[list[Any], list[Question], float]:
+            """``group`` trajectories per question of ``batch`` under the current policy (checked), and
+            the seconds it took."""
+            t = time.perf_counter()
+            trajs = searcher.rollout(batch, knobs, n=group, seed=seed, expect_version=version)
             bad = [t for t in trajs if t.policy_version != version]
             if bad:
                 raise FailedPrecondition(f"rollout mixed policy versions: expected {version}, got "
@@ -366,21 +378,54 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
                 raise S3Error(f"searcher returned {len(trajs)} trajectories for {len(batch)} questions x {group}")
             # the batch's own Question objects: their metadata (the source dataset) keys the baselines
             qs = [batch[i // group] for i in range(len(trajs))]
-            for t, q in zip(trajs, qs):
-                if t.question.id != q.id:
-                    raise S3Error(f"searcher returned trajectories out of order ({t.question.id!r} for {q.id!r})")
-                t.question = q
-            t1 = time.perf_counter()
+            for tr, q in zip(trajs, qs):
+                if tr.question.id != q.id:
+                    raise S3Error(f"searcher returned trajectories out of order ({tr.question.id!r} for {q.id!r})")
+                tr.question = q
+            return trajs, qs, time.perf_counter() - t
+
+        def score(trajs: list[Any], qs: list[Question]) -> tuple[list[Any], float]:
+            t = time.perf_counter()
             accs = _score_contexts(trajs, gen, judge)
             rs = rewards.rewards(qs, accs)
             bases = [b.acc for b in rewards.baselines(qs)] if rewards.mode != "acc" else [0.0] * len(qs)
-            scored = [ScoredTrajectory(t, r, a - b, a, b) for t, r, a, b in zip(trajs, rs, accs, bases)]
+            return ([ScoredTrajectory(t, r, a - b, a, b) for t, r, a, b in zip(trajs, rs, accs, bases)],
+                    time.perf_counter() - t)
+
+        filtering = cfg.rl.filter_groups and group > 1
+        for step in range(start_step + 1, tc.steps + 1):
+            t0 = time.perf_counter()
+            seed = tc.seed * 1_000_003 + step
+            trajs, qs, rollout_s = rollout(data.next_batch(tc.batch_size), seed)
+            scored, reward_s = score(trajs, qs)
+            rounds, seen_groups = 1, len(trajs) // group
+            rolled = scored  # every trajectory of the step: the logged rewards are the policy's, unfiltered
+            informative = len(_informative_groups(scored, group)) // group if group > 1 else 0
+            if filtering:
+                # DAPO's dynamic sampling: only groups whose rewards differ carry an advantage; roll out
+                # more questions until batch_size such groups are in hand (or the rounds run out)
+                rollouts, kept = list(scored), _informative_groups(scored, group)
+                while len(kept) < tc.batch_size * group and rounds < cfg.rl.filter_max_rounds:
+                    more, more_qs, dt = rollout(data.next_batch(tc.batch_size), seed + 104_729 * rounds)
+                    more_scored, dr = score(more, more_qs)
+                    rollout_s, reward_s, rounds = rollout_s + dt, reward_s + dr, rounds + 1
+                    seen_groups += len(more) // group
+                    rollouts += more_scored
+                    kept += _informative_groups(more_scored, group)
+                informative = len(kept) // group
+                # no informative group at all: the whole batch goes (zero advantages: the update is a no-op
+                # for the policy loss, but the step, its statistics and its checkpoint stay regular)
+                scored, rolled = kept[: tc.batch_size * group] or rollouts[: tc.batch_size * group], rollouts
+                trajs = [s.trajectory for s in scored]
+            rs = [s.reward for s in rolled]
+            accs = [s.context_acc for s in rolled]
+            bases = [s.baseline_acc for s in rolled]
             t2 = time.perf_counter()
             run_state = {**base_state, "data": data.state(), "step": step}
             if val is not None:  # the validations of the steps before this one (this step's comes after it)
                 run_state["validation"] = val.state()
             checkpoint = step % tc.save_every == 0 or step == tc.steps
-            driver = {"rollout_seconds": t1 - t0, "reward_seconds": t2 - t1,
+            driver = {"rollout_seconds": rollout_s, "reward_seconds": reward_s,
                       **{f"searcher_{k}": v for k, v in searcher.last_stats.items()}}
             # no metric: the best record is the driver's best validation (best.json), not a batch reward
             res = learner.update(scored, step, run_state, checkpoint, None, driver)
@@ -393,13 +438,15 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
             st = res["stats"]
             step_s = t4 - t0
             row: dict[str, Any] = {
-                "version": version, "trajectories": len(trajs),
-                "reward_mean": _mean(rs), "gbr_mean": _mean([s.gbr for s in scored]),
+                "version": version, "trajectories": len(rolled), "trajectories_updated": len(scored),
+                "rollout_rounds": rounds,
+                "groups_seen": seen_groups, "groups_informative": informative,
+                "reward_mean": _mean(rs), "gbr_mean": _mean([s.gbr for s in rolled]),
                 "context_acc_mean": _mean(accs), "baseline_acc_mean": _mean(bases),
                 "reward_share_neg": _mean([1.0 if r < 0 else 0.0 for r in rs]),
                 "reward_share_zero": _mean([1.0 if r == 0 else 0.0 for r in rs]),
                 "reward_share_pos": _mean([1.0 if r > 0 else 0.0 for r in rs]),
-                "rollout_seconds": t1 - t0, "reward_seconds": t2 - t1, "update_seconds": t3 - t2,
+                "rollout_seconds": rollout_s, "reward_seconds": reward_s, "update_seconds": t3 - t2,
                 "publish_seconds": t4 - t3, "step_seconds": step_s,
                 # verl's throughput: tokens / (step time x devices)
                 "tokens_per_second": float(st.get("tokens", 0.0)) / (step_s * devices) if step_s > 0 else 0.0,
@@ -411,7 +458,7 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
                     row[k] = float(st[k])
             tlog.log(step, row)
             if not tc.learner:
-                train_metrics.publish(step, version, row, trajectories=len(trajs))
+                train_metrics.publish(step, version, row, trajectories=len(rolled))
             summary.history.append({"step": step, **row})
             summary.steps, summary.version = step, version
             summary.last_checkpoint = res["checkpoint_path"] or summary.last_checkpoint
