@@ -115,7 +115,10 @@ def shard_model(model: nn.Module, mesh: Any, *, mp: Any = None, offload: bool = 
     fully_shard(model, **kw)
     for m in model.modules():
         if isinstance(m, FSDPModule):
+            # a plain SUM: with factor 1 FSDP would otherwise ask for ReduceOp.PREMUL_SUM(1.0), which gloo
+            # refuses ("Cannot use ReduceOp.PREMUL_SUM with Gloo", torch 2.13.0 _get_gradient_divide_factors)
             m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
     return model
 
 
