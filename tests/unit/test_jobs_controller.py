@@ -10,7 +10,7 @@ import pytest
 
 from s3core.errors import ConfigError
 from s3core.jobs.backends import ALIVE, UNKNOWN, WorkerInfo, WorkerStatus
-from s3core.jobs.controller import ControllerSettings, JobController
+from s3core.jobs.controller import ControllerHooks, ControllerSettings, JobController, metric_kind
 from s3core.jobs.model import JobRecord
 from s3core.jobs.spec import JobSpec
 from s3core.jobs.store import JobStore
@@ -250,3 +250,32 @@ def test_registered_jobs_wait_for_their_launcher(setup, clock, monkeypatch):
     ctl.reconcile_once()
     gone = store.get(other.id)
     assert gone.state == "failed" and "its launcher did not start attempt 2 within 20s" in gone.reason
+
+
+class RecordingHooks(ControllerHooks):
+    def __init__(self) -> None:
+        self.submits: list[tuple[str, str]] = []
+
+    def submitted(self, kind: str, result: str) -> None:
+        self.submits.append((kind, result))
+
+
+@pytest.mark.parametrize("spec_yaml, kind, label", [
+    ("kind: eval\njob: {questions: 7}\n", "", "eval"),  # the spec's kind, though the spec is invalid
+    ("kind: index\nbogus_key: 1\n", "index", "index"),  # the request's kind
+    ("kind: index\njob: {corpus: c.jsonl, out: idx}\n", "eval", "eval"),  # they disagree: the request's
+    ("kind: evaluate\n", "", "unknown"),  # not a job kind: bounded label values
+    ("kind: [eval]\n", "", "unknown"),
+    ("job: {corpus: c.jsonl}\n", "", "unknown"),  # no kind anywhere
+    ("kind: eval\njob: [unclosed\n", "", "unknown"),  # unreadable YAML
+])
+def test_rejected_submissions_are_counted_under_the_spec_kind(spec_yaml, kind, label):
+    assert metric_kind(spec_yaml, kind) == label
+    hooks = RecordingHooks()
+    ctl = JobController(JobStore(fakeredis.FakeRedis(decode_responses=True), url="fake"), ScriptedBackend(),
+                        hooks=hooks, controller_id="ctl-test")
+    with pytest.raises(ConfigError):
+        ctl.submit(spec_yaml, kind)
+    with pytest.raises(ConfigError):
+        ctl.register(spec_yaml, kind, request_id="uid-1", worker="pod s3/x", backend="kubernetes")
+    assert hooks.submits == [(label, "invalid"), (label, "invalid")]

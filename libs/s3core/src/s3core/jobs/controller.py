@@ -25,9 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import yaml
+
 from s3core.errors import ConfigError, InvalidArgument, S3Error, Unavailable
 from s3core.jobs.backends import Backend, WorkerStatus
-from s3core.jobs.model import BACKENDS, FAILED, FINAL_STATES, PENDING, RUNNING, JobRecord
+from s3core.jobs.model import BACKENDS, FAILED, FINAL_STATES, KINDS, PENDING, RUNNING, JobRecord
 from s3core.jobs.spec import JobSpec, parse_spec, validate_labels
 from s3core.jobs.store import JobStore
 
@@ -68,6 +70,20 @@ class ControllerHooks:
         pass
 
 
+def metric_kind(spec_yaml: str, kind: str = "") -> str:
+    """The ``kind`` label a rejected submission is counted under: the request's kind, else the spec's
+    top-level ``kind:`` -- when it is one of the job kinds -- else ``"unknown"`` (a missing, misspelled
+    or unreadable kind; the label's values stay bounded whatever clients send)."""
+    if kind in KINDS:
+        return kind
+    try:
+        data = yaml.safe_load(spec_yaml) if spec_yaml and spec_yaml.strip() else None
+    except yaml.YAMLError:
+        return "unknown"
+    spec_kind = data.get("kind") if isinstance(data, dict) else None
+    return spec_kind if isinstance(spec_kind, str) and spec_kind in KINDS else "unknown"
+
+
 def new_job_id(kind: str) -> str:
     return f"{kind}-{secrets.token_hex(4)}"
 
@@ -102,7 +118,7 @@ class JobController:
             workdir = os.path.abspath(workdir) if workdir else os.getcwd()
             self.backend.validate(spec, workdir)
         except InvalidArgument:
-            self.hooks.submitted(kind or "unknown", "invalid")
+            self.hooks.submitted(metric_kind(spec_yaml, kind), "invalid")
             raise
         rec = JobRecord(id="", kind=spec.kind, state=PENDING, spec_yaml=spec_yaml, labels=labels,
                         max_attempts=spec.run.max_attempts, created_at=time.time(), backend=self.backend.name,
@@ -137,8 +153,12 @@ class JobController:
             raise InvalidArgument("request_id is required to register a job (e.g. the Kubernetes Job's uid)")
         if not worker:
             raise InvalidArgument("worker is required: who runs the job (e.g. 'pod s3/eval-job-x7k2p')")
-        labels = validate_labels(dict(labels or {}))
-        spec = parse_spec(spec_yaml, kind)
+        try:
+            labels = validate_labels(dict(labels or {}))
+            spec = parse_spec(spec_yaml, kind)
+        except InvalidArgument:
+            self.hooks.submitted(metric_kind(spec_yaml, kind), "invalid")
+            raise
         rec = JobRecord(id=new_job_id(spec.kind), kind=spec.kind, spec_yaml=spec_yaml, labels=labels,
                         max_attempts=spec.run.max_attempts, created_at=time.time(), backend=backend,
                         request_id=request_id, workdir=workdir, timeout_s=spec.run.timeout_s,
