@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TrainLogger", "read_metrics", "plot_rewards", "plot_validation", "VALIDATION"]
 
+WANDB_FILE = "wandb.json"  # the run folder's W&B run id (resume continues that run)
 VALIDATION = "validation"  # the ``kind`` of validation rows in metrics.jsonl (training rows: "train")
 
 
@@ -59,7 +61,25 @@ class TrainLogger:
             except ImportError:
                 logger.warning("train.wandb is on but wandb is not installed: not logging to W&B")
             else:
-                self._wandb = wandb_mod.init(project=wandb_project, config=dict(config or {}), resume="allow")
+                self._wandb = self._wandb_init(wandb_mod, wandb_project, config)
+
+    def _wandb_init(self, wandb_mod: Any, project: str, config: Mapping[str, Any] | None) -> Any:
+        """Open the run's W&B run: the id kept in ``wandb.json`` of the run folder, so a resumed run
+        (and a restarted job pod) continues the same W&B run instead of opening a new one each time."""
+        path = self.run_dir / WANDB_FILE
+        run_id = ""
+        if path.is_file():
+            try:
+                run_id = str(json.loads(path.read_text(encoding="utf-8")).get("id") or "")
+            except (ValueError, AttributeError):
+                logger.warning("%s is unreadable: opening a new W&B run", path)
+        run_id = run_id or secrets.token_hex(8)
+        run = wandb_mod.init(project=project, id=run_id, resume="allow", config=dict(config or {}))
+        got = str(getattr(run, "id", "") or run_id)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"id": got, "project": project}) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return run
 
     def log(self, step: int, row: Mapping[str, Any]) -> None:
         rec = {"step": step, "kind": "train", **row}
