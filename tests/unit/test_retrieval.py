@@ -74,9 +74,10 @@ def test_bm25_search_ranks_relevant_first(bm25_dir: Path) -> None:
     res = r.search(["What is the capital of France?", "largest planet in the solar system",
                     "who wrote the tragedy Hamlet", "plants converting sunlight"], 3)
     assert [hits[0].id for hits in res] == ["p1", "p2", "p3", "5"]
-    for hits in res:
-        _check_ranked(hits, 3)
-        assert hits[0].score > 0
+    for hits in res:  # only documents sharing a term: between 1 and k, all scored above 0
+        assert 1 <= len(hits) <= 3
+        _check_ranked(hits, len(hits))
+        assert all(d.score > 0 for d in hits)
     top = res[0][0]
     assert top.title == "Paris" and top.text.startswith("Paris is the capital")
 
@@ -84,17 +85,29 @@ def test_bm25_search_ranks_relevant_first(bm25_dir: Path) -> None:
 def test_bm25_stemming_and_stopwords(bm25_dir: Path) -> None:
     r = load_index(bm25_dir)
     assert r.search(["mountains"], 1)[0][0].id == "p4"  # stemmed: mountains -> mountain
-    # only stopwords / unknown words: k documents, all scored 0
+    # only stopwords / unknown words: no document shares a term, so nothing comes back (no padding)
     for q in ("the of and", "zzzqqq"):
-        hits = r.search([q], 2)[0]
-        assert len(hits) == 2 and all(d.score == 0 for d in hits)
+        assert r.search([q], 2) == [[]]
+    # mixed in a batch: the others are served as usual
+    res = r.search(["zzzqqq", "mountains"], 2)
+    assert res[0] == [] and [d.id for d in res[1]] == ["p4"]
+
+
+def test_bm25_does_not_pad_with_unmatched_documents(bm25_dir: Path) -> None:
+    """Fewer matching documents than k: only the matching ones, each with a positive score."""
+    r = load_index(bm25_dir)
+    hits = r.search(["Shakespeare tragedy"], 5)[0]
+    assert [d.id for d in hits] == ["p3"] and hits[0].score > 0
+    # two terms, each in one document: exactly those two
+    hits = r.search(["Jupiter Danube"], 6)[0]
+    assert sorted(d.id for d in hits) == ["p2", "p6"] and all(d.score > 0 for d in hits)
 
 
 def test_bm25_k_clamp_empty_batch_and_bad_k(bm25_dir: Path) -> None:
     r = load_index(bm25_dir)
-    hits = r.search(["river Europe"], 100)[0]
-    assert len(hits) == len(ROWS) and hits[0].id == "p6"
-    assert len({d.id for d in hits}) == len(ROWS)
+    hits = r.search(["river Europe the sun"], 100)[0]  # k clamped to the corpus; only matches come back
+    assert [d.id for d in hits][:1] == ["p6"] and {d.id for d in hits} == {"p6", "p2"}
+    assert len(r.search(["is"], 100)[0]) == 0  # a stopword matches nothing
     assert r.search([], 3) == []
     for bad in (0, -1):
         with pytest.raises(InvalidArgument, match="k must be >= 1"):
@@ -126,7 +139,8 @@ def test_build_limit_and_name(corpus: Path, tmp_path: Path) -> None:
     assert m["num_documents"] == 3 and m["name"] == "first3" and m["params"]["limit"] == 3
     r = load_index(tmp_path / "lim")
     assert r.info().name == "first3"
-    assert len(r.search(["anything at all"], 10)[0]) == 3
+    hits = r.search(["Paris Jupiter Hamlet Everest photosynthesis Danube"], 10)[0]  # one term per row
+    assert sorted(d.id for d in hits) == ["p1", "p2", "p3"]
 
 
 # --- dense -----------------------------------------------------------------------------------------

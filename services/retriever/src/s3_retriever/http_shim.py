@@ -15,8 +15,8 @@ What Search-R1's own training loop sends, answered as its client expects (it rea
 * more queries than ``retriever.max_queries`` (its default GRPO batch is 2,560) → split into
   chunks of that size internally and answered as one response;
 * a BM25 index returns fewer than ``topk`` hits when fewer documents share a term with the query:
-  documents that scored 0 are not padded in (bm25s ranks every document, so the gRPC ``Search``
-  still returns them).
+  documents that scored 0 are not padded in (the BM25 backend itself cuts them, for gRPC ``Search``
+  too; the filter here is kept as a guard).
 """
 
 from __future__ import annotations

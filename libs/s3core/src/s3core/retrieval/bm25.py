@@ -2,6 +2,10 @@
 
 The index covers ``title + "\\n" + text`` of every document.  Files under the index directory:
 ``bm25/`` (bm25s's own ``save`` output) plus the document store (:mod:`s3core.retrieval.store`).
+
+A search returns at most ``k`` documents, and only documents that share a (stemmed, non-stopword)
+term with the query: fewer than ``k`` when fewer match, none for a query of stopwords or unknown
+words -- as a Lucene BM25 search does.  Unrelated documents are never padded in.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import bm25s
+import numpy as np
 import Stemmer
 from bm25s.tokenization import Tokenized, Tokenizer, _infer_stopwords
 from tqdm.auto import tqdm
@@ -163,24 +168,19 @@ class BM25Retriever(Retriever):
         if not qs:
             return []
         token_ids = self._tokenize(qs)
-        empty_id = self._tokenize.empty_id
-        if empty_id is not None:
-            # no known term: bm25s needs one token id; the empty token scores every document 0
-            token_ids = [t or [empty_id] for t in token_ids]
-            live = list(range(len(qs)))
-        else:
-            live = [i for i, t in enumerate(token_ids) if t]
-        results: list[list[Doc]] = [self.store.docs(range(k)) for _ in qs] if len(live) < len(qs) else []
+        # Only documents that share a term with the query are hits.  bm25s ranks every document, so
+        # a query with fewer than k matching documents would be padded with unrelated ones that
+        # scored exactly 0 (and a query with no known term with the first k rows): those are cut.
+        results: list[list[Doc]] = [[] for _ in qs]
+        live = [i for i, t in enumerate(token_ids) if t]
         if live:
             rows, scores = self.model.retrieve(
                 [token_ids[i] for i in live], k=k, sorted=True, return_as="tuple", show_progress=False,
                 n_threads=self.threads,
             )
-            hits = [self.store.docs(r, s) for r, s in zip(rows, scores)]
-            if not results:
-                return hits
-            for i, h in zip(live, hits):
-                results[i] = h
+            for i, r, s in zip(live, rows, scores):
+                keep = np.asarray(s) != 0.0
+                results[i] = self.store.docs(np.asarray(r)[keep], np.asarray(s)[keep])
         return results
 
     def get(self, ids: Sequence[str]) -> list[Doc]:
