@@ -99,6 +99,80 @@ def cmd_cache_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference_key_parts(args: argparse.Namespace, k: int) -> Any:
+    """The key fields the reference file lacks: from the index directory, and the generator's
+    model and prompt version from a running generator (ModelInfo) or as given."""
+    from s3core.cache.keys import index_fingerprint
+    from s3core.errors import InvalidArgument
+    from s3core.eval.reference_cache import ReferenceKeyParts
+    from s3core.retrieval.index import index_info, read_manifest
+
+    fp = index_fingerprint(index_info(read_manifest(args.index)))
+    model, version = args.generator_model or "", args.prompt_version or ""
+    if args.generator:
+        from s3core.rpc.clients import GeneratorClient
+
+        gen = GeneratorClient(args.generator)
+        try:
+            gen.wait_ready()
+            info = gen.model_info()
+        finally:
+            gen.close()
+        served = f"{info.backend}/{info.model}" if info.backend else info.model
+        if model and model != served:
+            raise InvalidArgument(f"--generator-model {model!r} but the generator at {args.generator} serves {served!r}")
+        if version and version != info.prompt_version:
+            raise InvalidArgument(f"--prompt-version {version!r} but the generator at {args.generator} reports "
+                                  f"{info.prompt_version!r}")
+        model, version = served, info.prompt_version
+    if not model or not version:
+        raise InvalidArgument("--generator-model and --prompt-version (or --generator ADDR to ask a running one) are "
+                              "required: the reference file does not record which generator and prompt made its answers")
+    return ReferenceKeyParts(index_fingerprint=fp, k=k, generator_model=model, prompt_version=version,
+                             judge=args.judge == "model", judge_model=args.judge_model or "")
+
+
+def cmd_cache_import_reference(args: argparse.Namespace) -> int:
+    from s3core.errors import InvalidArgument
+    from s3core.eval.job import check_index_dir, load_question_sets
+    from s3core.eval.reference_cache import convert_reference_cache, read_reference_cache
+    from s3core.io import check_output_file, write_json
+
+    if args.k < 1:
+        raise InvalidArgument(f"--k must be >= 1, got {args.k}")
+    for flag in ("out", "summary_out"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    check_index_dir(args.index)
+    entries = read_reference_cache(args.file)
+    sets = load_question_sets(args.questions)
+    parts = _reference_key_parts(args, args.k)
+    cache = None if args.out else _cache(args, _load_config(args))  # Redis checked before converting
+    res = convert_reference_cache(entries, sets, parts, skip_unmatched=args.skip_unmatched, path=args.file)
+    if args.out:
+        from s3core.cache.baseline import BaselineCache
+
+        n = BaselineCache.write_export(args.out, res.entries, namespace=args.namespace)
+        where = f"{n} baselines -> {args.out} (load with `s3 cache import {args.out}`)"
+    else:
+        written = cache.put_many(res.entries, overwrite=args.overwrite)
+        where = f"{written} written to {cache.url}, {len(res.entries) - written} already present"
+    summary = {**res.to_json(), "key": {"index_fingerprint": parts.index_fingerprint, "k": parts.k,
+                                        "generator_model": parts.generator_model,
+                                        "prompt_version": parts.prompt_version, "judge_id": parts.judge_id}}
+    con = _console()
+    con.print(f"{args.file}: {res.total} entries, {len(res.entries)} converted, {res.unmatched} unmatched skipped, "
+              f"{res.duplicates} duplicates; {where}")
+    for name, d in res.per_dataset.items():
+        con.print(f"  {name}: {d['converted']} of {d['entries']}, GenAcc {d['genacc']}, "
+                  f"reference score 1: {d['reference_score']}, judge verdicts taken: {d['judged']}")
+    for line in res.unmatched_examples[:5]:
+        con.print(f"  unmatched: {line}")
+    if args.summary_out:
+        write_json(args.summary_out, summary)
+    return 0
+
+
 def cmd_cache_stats(args: argparse.Namespace) -> int:
     n = _cache(args, _load_config(args)).count()
     _console().print(f"{n} baselines in namespace {args.namespace!r}")
@@ -157,6 +231,36 @@ def add_parsers(sub: Any) -> None:
     _redis_flags(q)
     _common_config(q)
     q.set_defaults(func=cmd_cache_import)
+    q = csub.add_parser(
+        "import-reference",
+        help="load the s3 reference implementation's naive-RAG cache file ({dataset: {question: {answer, score}}})",
+        description="Map the reference's rag_cache.json into our baseline cache. The file records only dataset, "
+                    "question, answer and verdicts, so the rest of the key is stated here; every entry must match a "
+                    "question of --questions, its answer is scored again with our rule, and nothing is written "
+                    "unless every entry passes (refusals name file:line:column).")
+    q.add_argument("file", help="the reference's cache file (e.g. data/rag_cache/rag_cache.json)")
+    q.add_argument("--questions", nargs="+", required=True, metavar="FILE",
+                   help="question files of the datasets in the file (their golds and ids)")
+    q.add_argument("--index", required=True, help="index directory the reference's naive top-k came from "
+                   "(e.g. an `s3 index import` of its e5_Flat.index)")
+    q.add_argument("--k", type=int, default=3, help="naive-RAG top-k the reference used (default 3)")
+    q.add_argument("--generator", help="host:port of a running generator: its model and prompt version key the "
+                   "baselines")
+    q.add_argument("--generator-model", help="generator model id as our generator reports it, e.g. "
+                   "vllm/Qwen/Qwen2.5-14B-Instruct-GPTQ-Int4 (without --generator)")
+    q.add_argument("--prompt-version", help="generator prompt version to file them under (without --generator)")
+    q.add_argument("--judge", choices=["model", "none"], default="model",
+                   help="model (default): the reference's score is the judge's verdict where our span rule misses; "
+                        "none: span-only baselines, scored from the answers alone")
+    q.add_argument("--judge-model", help="judge model id (default: the generator model)")
+    q.add_argument("--skip-unmatched", action="store_true",
+                   help="skip (and count) entries whose question is not in --questions instead of refusing")
+    q.add_argument("--out", help="write an export file (`s3 cache import` format) instead of writing to Redis")
+    q.add_argument("--overwrite", action="store_true", help="replace baselines already in Redis")
+    q.add_argument("--summary-out", help="also write the summary as JSON here")
+    _redis_flags(q)
+    _common_config(q)
+    q.set_defaults(func=cmd_cache_import_reference)
     q = csub.add_parser("stats", help="count cached baselines")
     _redis_flags(q)
     _common_config(q)

@@ -286,12 +286,25 @@ class BaselineCache:
                 except (ValueError, InvalidArgument) as exc:
                     raise DataError(f"{self.url} {rk}", None, f"corrupt baseline entry: {exc}") from None
                 records.append(d)
-        doc = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "namespace": self.namespace,
+        return self._write_export(path, records, self.namespace)
+
+    @staticmethod
+    def _write_export(path: str | os.PathLike[str], records: list[dict[str, Any]], namespace: str) -> int:
+        doc = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "namespace": namespace,
                "exported_at": _now(), "count": len(records), "records": records}
         with atomic_open(path) as fh:
             json.dump(doc, fh, ensure_ascii=False, indent=1, sort_keys=True)
             fh.write("\n")
         return len(records)
+
+    @staticmethod
+    def write_export(path: str | os.PathLike[str], entries: Sequence[tuple[BaselineKey, BaselineRecord]],
+                     namespace: str = "s3") -> int:
+        """Write ``entries`` as an export file (the format of :meth:`export_json`, sorted by Redis
+        key) without a Redis: ``s3 cache import`` loads it later.  Returns the count."""
+        pairs = sorted(((k.redis_key(namespace), {"key": k.to_dict(), **r.to_dict()}) for k, r in entries),
+                       key=lambda kv: kv[0])
+        return BaselineCache._write_export(path, [d for _, d in pairs], namespace)
 
     @staticmethod
     def read_export(path: str | os.PathLike[str]) -> list[tuple[BaselineKey, BaselineRecord]]:
