@@ -41,6 +41,7 @@ def test_imported_index_answers_like_the_built_one(prebuilt: dict[str, Path], tm
     m = json.loads((out / "manifest.json").read_text())
     assert (m["backend"], m["num_documents"], m["params"]["index_type"], m["params"]["dim"]) == ("dense", 300, "flat", 384)
     assert m["params"]["imported"]["how"] in ("hardlink", "copy")
+    assert m["params"]["imported"]["encoder_dim_checked"] is True  # the embedded encoder's files are here
     a, b = load_index(out), load_index(prebuilt["built"])
     for got, want in zip(a.search(QUERIES, 5), b.search(QUERIES, 5)):
         assert [d.id for d in got] == [d.id for d in want]
@@ -63,5 +64,15 @@ def test_import_refuses_what_does_not_belong_together(prebuilt: dict[str, Path],
     (tmp_path / "junk.index").write_bytes(b"not an index")
     with pytest.raises(DataError, match="not a faiss index"):
         import_faiss_index(tmp_path / "junk.index", prebuilt["corpus"], tmp_path / "c", "embedded:all-minilm-l6-v2")
+    # vectors of another dimension than the encoder makes: refused before anything is written
+    ip8 = faiss.IndexFlatIP(8)
+    ip8.add(np.zeros((300, 8), dtype=np.float32))
+    faiss.write_index(ip8, str(tmp_path / "ip8.index"))
+    with pytest.raises(InvalidArgument, match="dimension 8 but encoder 'embedded:all-minilm-l6-v2' makes 384-dim"):
+        import_faiss_index(tmp_path / "ip8.index", prebuilt["corpus"], tmp_path / "e", "embedded:all-minilm-l6-v2")
+    assert not (tmp_path / "e").exists()
+    # an encoder whose files are not on this machine: imported, the manifest says the dimension is unchecked
+    m = import_faiss_index(tmp_path / "ip8.index", prebuilt["corpus"], tmp_path / "f", "someone/not-downloaded-e5")
+    assert m["params"]["imported"]["encoder_dim_checked"] is False and m["params"]["dim"] == 8
     with pytest.raises(InvalidArgument, match="unknown import parameter"):
         import_faiss_index(prebuilt["faiss"], prebuilt["corpus"], tmp_path / "d", "x", params={"nlist": 4})

@@ -7,8 +7,10 @@ the document store built from the corpus (row *i* of the index is line *i* of th
 faiss file (hard-linked when it is on the same file system, else copied, so the source stays
 untouched), and a manifest naming the encoder that made the vectors -- the retriever encodes
 queries with it (e5 encoders get the ``query: `` prefix).  Checked before anything is written:
-the file is a faiss index, its metric is inner product, and it holds exactly one vector per corpus
-passage.  The index type is read from the file (``flat``, ``flat-fp16``-like scalar-quantised,
+the file is a faiss index, its metric is inner product, it holds exactly one vector per corpus
+passage, and its dimension is the encoder's (read from the encoder's configuration files when they
+are on this machine -- the embedded model, a local folder, the local hub cache; otherwise the
+retriever checks it when it loads the encoder, and the manifest says ``encoder_dim_checked: false``).  The index type is read from the file (``flat``, ``flat-fp16``-like scalar-quantised,
 ``ivf-*``, ``hnsw*``); search parameters (``nprobe``, ``ef_search``) may be given as params.
 """
 
@@ -25,7 +27,7 @@ from s3core.data import iter_corpus
 from s3core.errors import DataError, InvalidArgument
 from s3core.io import atomic_dir, write_json
 
-__all__ = ["describe_faiss_index", "import_faiss_index"]
+__all__ = ["describe_faiss_index", "encoder_dim", "import_faiss_index"]
 
 _SEARCH_PARAMS = ("nprobe", "ef_search")
 
@@ -64,6 +66,51 @@ def describe_faiss_index(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"ntotal": int(index.ntotal), "dim": int(index.d), "metric": metric, "index_type": kind, "faiss_class": cls}
 
 
+def _encoder_json(encoder: str, rel: str) -> Any:
+    """``rel`` (a JSON file of the encoder's folder) read from disk only: the embedded model, a local
+    folder, or a hub name already in the local cache; None when it is not on this machine."""
+    import json
+
+    from s3core.retrieval.dense import resolve_encoder
+
+    path, _ = resolve_encoder(encoder)
+    f: Path | None = Path(path) / rel if Path(path).is_dir() else None
+    if f is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(path, rel)  # the local cache only, never the network
+        except Exception:  # noqa: BLE001 - not a hub name, no cache: not checkable here
+            return None
+        f = Path(hit) if isinstance(hit, str) else None
+    if f is None or not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def encoder_dim(encoder: str) -> int | None:
+    """The dimension of the vectors ``encoder`` makes, read from its configuration files without
+    loading it (the last ``Dense`` layer's ``out_features``, else the pooled hidden size); None when
+    its files are not on this machine."""
+    modules = _encoder_json(encoder, "modules.json")
+    mods = modules if isinstance(modules, list) else []
+    dense = [m for m in mods if isinstance(m, dict) and str(m.get("type", "")).endswith("models.Dense")]
+    if dense:
+        cfg = _encoder_json(encoder, f"{dense[-1].get('path', '')}/config.json")
+        out = cfg.get("out_features") if isinstance(cfg, dict) else None
+        return int(out) if isinstance(out, int) else None
+    cfg = _encoder_json(encoder, "config.json")
+    if not isinstance(cfg, dict):
+        return None
+    for key in ("hidden_size", "d_model", "dim"):
+        if isinstance(cfg.get(key), int):
+            return int(cfg[key])
+    return None
+
+
 def _place(src: Path, dst: Path) -> str:
     try:
         os.link(src, dst)
@@ -100,11 +147,16 @@ def import_faiss_index(faiss_path: str | os.PathLike[str], corpus_path: str | os
     if desc["metric"] != "ip":
         raise InvalidArgument(f"{src}: metric {desc['metric']}; the dense retriever ranks by inner product "
                               "(an IP index over normalised vectors, as e5_Flat.index is)")
+    want_dim = encoder_dim(encoder)
+    if want_dim is not None and want_dim != desc["dim"]:
+        raise InvalidArgument(f"{src} has vectors of dimension {desc['dim']} but encoder {encoder!r} makes "
+                              f"{want_dim}-dimensional ones: the index was not made with this encoder")
     sha, _ = scan_corpus(corpus)
     qp, pp = default_prefixes(encoder)
     full = {"index_type": desc["index_type"], "dim": desc["dim"], "query_prefix": extra.pop("query_prefix", qp),
             "passage_prefix": extra.pop("passage_prefix", pp), **extra,
-            "imported": {"from": str(src.resolve()), "faiss_class": desc["faiss_class"]}}
+            "imported": {"from": str(src.resolve()), "faiss_class": desc["faiss_class"],
+                         "encoder_dim_checked": want_dim is not None}}
     with atomic_dir(out) as tmp:
         writer = DocStoreWriter(tmp)
         try:
