@@ -13,9 +13,11 @@ One run, fixed seeds, on one CPU box:
    entity, gold passage ids) for ``--sft-examples`` training-pool questions (``--sft-epochs`` 0
    skips it: RL then starts from the untrained model).
 5. **RL** -- ``s3 train``: GRPO with the paper's Gain-Beyond-RAG reward against the cached naive-RAG
-   baselines (training pool filtered to the questions naive RAG gets wrong), validation on the
-   validation split before training and every ``--val-every`` steps, the best policy by validation
-   GBR kept.
+   baselines (training pool filtered to the questions naive RAG gets wrong), DAPO-style dynamic
+   sampling (``rl.filter_groups``: groups whose trajectories all earned the same reward carry no
+   advantage and are replaced by more rollouts, up to ``--filter-max-rounds`` a step), validation on
+   the validation split before training and every ``--val-every`` steps, the best policy by
+   validation GBR kept.
 6. **held-out evaluation** -- ``s3 eval --method s3,naive-rag`` on the held-out split with the
    policy RL started from and with the best policy; GBR per question = s3 GenAcc − naive GenAcc;
    the gain's 95 % CI is a paired bootstrap over held-out questions.
@@ -53,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-heldout", type=int, default=100, help="held-out 2-hop questions (default 100)")
     p.add_argument("--n-val", type=int, default=32, help="validation 2-hop questions (default 32)")
     p.add_argument("--n-train", type=int, default=240, help="training-pool 2-hop questions (default 240)")
-    p.add_argument("--sft-examples", type=int, default=96, help="teacher trajectories for the warm start")
+    p.add_argument("--sft-examples", type=int, default=192,
+                   help="teacher trajectories for the warm start (default 192)")
     p.add_argument("--sft-epochs", type=int, default=1, help="warm-start epochs (0 = no warm start; default 1)")
     p.add_argument("--init-policy", default="",
                    help="start RL from this Hugging Face folder (e.g. DIR/sft/policy of an earlier run on the same "
@@ -66,10 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-filter-groups", dest="filter_groups", action="store_false",
                    help="update on every group, also those whose rewards are all equal (default: DAPO-style "
                         "dynamic sampling, rl.filter_groups)")
-    p.add_argument("--filter-max-rounds", type=int, default=3,
-                   help="rollouts per step at most while collecting informative groups (default 3)")
+    p.add_argument("--filter-max-rounds", type=int, default=2,
+                   help="rollouts per step at most while collecting informative groups (default 2)")
     p.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus of the RL loss (default 0)")
-    p.add_argument("--temperature", type=float, default=1.2, help="rollout temperature during RL (default 1.2)")
+    p.add_argument("--temperature", type=float, default=1.0, help="rollout temperature during RL (default 1.0)")
     p.add_argument("--train-top-layers", type=int, default=8,
                    help="decoder layers trained, from the top (SFT and RL; 0 = all; default 8)")
     p.add_argument("--val-every", type=int, default=4, help="validate every N RL steps (default 4)")
