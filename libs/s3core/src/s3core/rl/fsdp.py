@@ -98,10 +98,12 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, mesh: Any, *, mp: Any = None, offload: bool = False,
-                fp32: tuple[nn.Module, ...] = ()) -> nn.Module:
+                fp32: tuple[nn.Module, ...] = (), frozen: bool = False) -> nn.Module:
     """``fully_shard`` each decoder layer of ``model`` (under ``backbone`` for a critic), each module of
     ``fp32`` (its own group, fp32 parameters whatever ``mp`` says), then the root; gradients are reduced as
-    sums (the trainer scales every rank's loss by its global share)."""
+    sums (the trainer scales every rank's loss by its global share). The root group (embeddings, LM head,
+    final norm) of a ``frozen`` model (the reference: forwards only) is resharded after every forward --
+    FSDP's default keeps a root unsharded until its backward, which a frozen model never runs."""
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     kw = {"mesh": mesh, "mp_policy": mp or MixedPrecisionPolicy(),
@@ -112,7 +114,7 @@ def shard_model(model: nn.Module, mesh: Any, *, mp: Any = None, offload: bool = 
     for m in fp32:
         fully_shard(m, **{**kw, "mp_policy": MixedPrecisionPolicy(param_dtype=torch.float32,
                                                                   reduce_dtype=torch.float32)})
-    fully_shard(model, **kw)
+    fully_shard(model, **kw, reshard_after_forward=True if frozen else None)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             # a plain SUM: with factor 1 FSDP would otherwise ask for ReduceOp.PREMUL_SUM(1.0), which gloo
@@ -165,7 +167,7 @@ class FSDPTrainer(RLTrainer):
             shard_model(critic.to(dev), mesh, mp=mp, offload=off, fp32=(critic.value_head,))
         if reference is not None:
             reference.to(dev).eval().requires_grad_(False)
-            shard_model(reference, mesh, mp=mp, offload=off)
+            shard_model(reference, mesh, mp=mp, offload=off, frozen=True)
         self.mesh = mesh
         super().__init__(policy, tokenizer, cfg, critic=critic, reference=reference, device=dev,
                          total_steps=total_steps, temperature=temperature, export_dtype=export_dtype)
@@ -414,7 +416,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def resident_bytes(trainer: RLTrainer) -> dict[str, int]:
     """Bytes this rank holds for parameters (policy, critic, reference: its shards under FSDP), gradients
-    and optimiser state, counted from the tensors themselves (each storage once)."""
+    and optimiser state, counted from the storages behind the tensors (each once, whole)."""
     seen: set[int] = set()
 
     def size(ts: Any) -> int:
@@ -423,11 +425,16 @@ def resident_bytes(trainer: RLTrainer) -> dict[str, int]:
             if t is None or not isinstance(t, torch.Tensor):
                 continue
             loc = _local(t)
-            key = loc.untyped_storage().data_ptr() if loc.numel() else id(loc)
+            if not loc.numel():
+                continue
+            storage = loc.untyped_storage()
+            key = storage.data_ptr()
             if key in seen:
                 continue
             seen.add(key)
-            n += loc.numel() * loc.element_size()
+            # the whole storage: FSDP2's sharded gradients are views into one reduce-scatter buffer per
+            # group, its sharded parameters views of padded shards
+            n += storage.nbytes()
         return n
 
     models = [m for m in (trainer.policy, trainer.critic, trainer.reference) if m is not None]
