@@ -48,6 +48,7 @@ def test_routes_need_the_token(protected: SideServer) -> None:
     assert _call(protected, "/retrieve", {"queries": ["x"]}, token="wrong")[0] == 401
     assert _call(protected, "/retrieve", {"queries": ["x"]}, token="s3cret") == (200, '{"result": {"queries": ["x"]}}')
     assert _call(protected, "/healthz")[0] == 200  # probes
+    assert _call(protected, "/livez") == (200, '{"status": "alive"}')
     assert _call(protected, "/metrics")[0] == 200  # scrapes (open unless protect_metrics / S3_AUTH_METRICS)
     assert _call(protected, "/nope")[0] == 401  # what exists is not revealed either
 
@@ -96,5 +97,24 @@ def test_half_sent_requests_are_dropped_after_the_read_timeout() -> None:
                 pass
             c.close()
         assert s.httpd.request_queue_size >= 128
+    finally:
+        s.stop()
+
+
+def test_liveness_does_not_ask_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/livez answers 200 while /healthz says the service is not ready (a dependency down), even with the
+    metrics protected: kubelet's liveness probe sends no token."""
+    monkeypatch.setenv("S3_AUTH_METRICS", "true")
+    asked: list[bool] = []
+
+    def ready() -> bool:
+        asked.append(True)
+        return False
+
+    s = SideServer("127.0.0.1", 0, ready, token="tok").start()
+    try:
+        assert _call(s, "/healthz") == (503, '{"status": "loading"}') and asked == [True]
+        assert _call(s, "/livez") == (200, '{"status": "alive"}') and asked == [True]
+        assert _call(s, "/metrics")[0] == 401
     finally:
         s.stop()

@@ -5,8 +5,10 @@ parsed JSON body and return ``(status, json_obj)``; a :class:`~s3core.errors.S3E
 JSON error with its message.
 
 With a token configured (``$S3_AUTH_TOKEN`` / ``$S3_AUTH_TOKEN_FILE``, as for gRPC) every route asks
-for ``Authorization: Bearer <token>`` (401 without it); ``/healthz`` stays open for probes, and
-``/metrics`` stays open unless ``$S3_AUTH_METRICS`` is true (Prometheus then sends the token).
+for ``Authorization: Bearer <token>`` (401 without it); ``/healthz`` (readiness: 503 until the service is ready
+or while a dependency is missing) and ``/livez`` (liveness: 200 whenever the process answers, whatever its
+dependencies) stay open for probes, and ``/metrics`` stays open unless ``$S3_AUTH_METRICS`` is true (Prometheus
+then sends the token).
 A connection that sends nothing for ``READ_TIMEOUT_S`` (a half-sent request, an idle keep-alive) is
 closed, so slow or stuck clients cannot hold the server's threads; the listen backlog is 128.
 """
@@ -31,6 +33,7 @@ JsonHandler = Callable[[Any], tuple[int, Any]]
 MAX_BODY_BYTES = 16 * 1024 * 1024
 READ_TIMEOUT_S = 30.0
 METRICS_AUTH_ENV = "S3_AUTH_METRICS"
+OPEN_PATHS = ("/healthz", "/livez")  # probes: kubelet sends no token
 
 
 class _Server(ThreadingHTTPServer):
@@ -62,7 +65,7 @@ class SideServer:
 
             def _authorized(self, path: str) -> bool:
                 """True when no token is needed or the right one came; else answers 401."""
-                if not outer._token or path == "/healthz" or (path == "/metrics" and not outer._protect_metrics):
+                if not outer._token or path in OPEN_PATHS or (path == "/metrics" and not outer._protect_metrics):
                     return True
                 scheme, _, got = (self.headers.get("Authorization") or "").partition(" ")
                 if scheme.lower() == "bearer" and hmac.compare_digest(got.strip().encode(), outer._token):
@@ -96,6 +99,8 @@ class SideServer:
                     return
                 if path == "/metrics":
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                elif path == "/livez":  # the process answers: nothing asked of the model, Redis or any service
+                    self._json(200, {"status": "alive"})
                 elif path == "/healthz":
                     ok = outer._ready()
                     self._json(200 if ok else 503, {"status": "ok" if ok else "loading"})
