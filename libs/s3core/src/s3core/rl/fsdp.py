@@ -154,7 +154,8 @@ class FSDPTrainer(RLTrainer):
         if cfg.fsdp_cpu_offload and dev.type != "cuda":
             raise ConfigError(CPU_OFFLOAD_NEEDS_CUDA)
         amp = autocast_dtype(cfg.dtype, dev)
-        policy.to(dev)
+        # the models stay where they were given (from_pretrained: the host): fully_shard moves one group at a
+        # time to the device and keeps only its shard there, so no whole model is ever on an accelerator
         if cfg.algorithm == "ppo" and critic is None:
             critic = ValueModel.from_causal_lm(policy)
         if cfg.kl_coef > 0 and reference is None:
@@ -164,9 +165,9 @@ class FSDPTrainer(RLTrainer):
         off = bool(cfg.fsdp_cpu_offload)
         shard_model(policy, mesh, mp=mp, offload=off)
         if critic is not None:
-            shard_model(critic.to(dev), mesh, mp=mp, offload=off, fp32=(critic.value_head,))
+            shard_model(critic, mesh, mp=mp, offload=off, fp32=(critic.value_head,))
         if reference is not None:
-            reference.to(dev).eval().requires_grad_(False)
+            reference.eval().requires_grad_(False)
             shard_model(reference, mesh, mp=mp, offload=off, frozen=True)
         self.mesh = mesh
         super().__init__(policy, tokenizer, cfg, critic=critic, reference=reference, device=dev,
@@ -177,7 +178,8 @@ class FSDPTrainer(RLTrainer):
     @classmethod
     def from_pretrained(cls, model_path: str, cfg: RLConfig, *, device: str | None = None,
                         total_steps: int | None = None, temperature: float = 1.0) -> FSDPTrainer:
-        """Load the models as :meth:`RLTrainer.from_pretrained` does (whole, on every rank), then shard them."""
+        """Load the models as :meth:`RLTrainer.from_pretrained` does, whole but on the host of every rank, then
+        shard them onto the device (see ``__init__``)."""
         from transformers import AutoConfig
 
         from s3core.generation.models import resolve_model
@@ -195,7 +197,9 @@ class FSDPTrainer(RLTrainer):
             source_dtype = getattr(torch, source_dtype, None)
         if source_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             source_dtype = torch.float32
-        load_on = torch.device("cpu") if cfg.fsdp_cpu_offload else dev
+        # whole models on the host only (a 7B policy + critic in fp32 would not fit on one 80 GB GPU
+        # before sharding); FSDPTrainer shards them group by group onto the device
+        load_on = torch.device("cpu")
         policy, tokenizer = load_policy(path, cfg, load_on)
         critic = None
         if cfg.algorithm == "ppo":
