@@ -43,6 +43,7 @@ def _sample() -> Trajectory:
         context=[mercury, other, third],
         policy_version=42,
         group_index=3,
+        prompt_profile="reference-layout@ref-layout-v1",
     )
 
 
@@ -75,7 +76,7 @@ def test_pb_fields_are_all_covered():
     p = trajectory_to_pb(t)
     for msg, names in (
         (p, {"question", "turns", "blocks", "token_ids", "action_mask", "prompt_length", "context",
-             "policy_version", "group_index"}),
+             "policy_version", "group_index", "prompt_profile"}),
         (p.turns[0], {"raw_text", "query", "important_ids", "search_complete", "valid_action", "observation"}),
         (p.blocks[0], {"index", "query", "documents", "selected", "has_selection"}),
     ):

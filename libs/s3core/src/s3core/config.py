@@ -127,6 +127,8 @@ class SearcherConfig:
     threads: int = 0  # torch CPU threads of the hf backend (0 = library default)
     tensor_parallel_size: int = 1  # vllm backend
     gpu_memory_utilization: float = 0.85  # vllm backend
+    prompt_profile: Literal["s3-platform", "reference-layout"] = "s3-platform"  # episode layout: ours, or that of the s3 authors' checkpoints
+    prompt_profile_mismatch: Literal["warn", "refuse"] = "warn"  # policy folder trained under another profile: warn or refuse
 
 
 @dataclass

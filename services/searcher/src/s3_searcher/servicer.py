@@ -31,6 +31,7 @@ from s3core.errors import FailedPrecondition, InvalidArgument, NotFound, S3Error
 from s3core.rpc.convert import question_from_pb, search_knobs_from_pb, trajectory_to_pb
 from s3core.search.agent import MAX_QUESTION_CHARS, SearchAsk, parse_search, search_result
 from s3core.search.episode import EpisodeStats, Policy, SearchFn, run_episodes
+from s3core.search.profiles import check_profile_match, get_profile, read_profile_record
 from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
 
@@ -104,6 +105,7 @@ class Served:
     version: int
     model: str  # configured model name or checkpoint path it was loaded from
     checkpoint_path: str  # "" for the policy loaded at start-up
+    trained_profile: str = ""  # name@version its folder records it was trained with ("" = none recorded)
 
 
 @dataclass
@@ -158,6 +160,7 @@ class SearcherCore:
         self._factory = factory
         self._retries = retries
         self._served: Served | None = None
+        self.profile = get_profile(sc.prompt_profile)  # the layout every episode is rendered in
         self.run_lock = threading.Lock()  # the model runs one request at a time; swaps wait for it
         self._load_lock = threading.Lock()  # one LoadPolicy at a time
 
@@ -173,10 +176,20 @@ class SearcherCore:
             raise Unavailable("the searcher policy is still loading")
         return s
 
+    def check_profile(self, folder: str) -> str:
+        """The training profile ``folder`` records, checked against the served one: a mismatch is
+        logged, or refused (InvalidArgument) with ``searcher.prompt_profile_mismatch: refuse``."""
+        trained = read_profile_record(folder) if folder and Path(folder).is_dir() else ""
+        msg = check_profile_match(self.profile, trained, strict=self.sc.prompt_profile_mismatch == "refuse")
+        if msg:
+            logger.warning("%s: %s", folder, msg)
+        return trained
+
     def load_initial(self) -> None:
         t0 = time.perf_counter()
+        trained = self.check_profile(self.sc.model)
         policy = self._factory(self.sc.model, 0)
-        self._served = Served(policy, 0, self.sc.model, "")
+        self._served = Served(policy, 0, self.sc.model, "", trained)
         metrics.POLICY_VERSION.set(0)
         logger.info("searcher policy ready: backend=%s model=%s version=0 (%.1fs)", self.sc.backend, self.sc.model,
                     time.perf_counter() - t0)
@@ -216,11 +229,12 @@ class SearcherCore:
             raise InvalidArgument(f"version must be >= 1 (0 is the policy loaded at start-up), got {version}")
         _ = self.served  # not while the first policy is still loading
         target = self.resolve_checkpoint(path)
+        trained = self.check_profile(target)  # before any work: a refused policy never replaces the served one
         with self._load_lock:
             t0 = time.perf_counter()
             reload = getattr(self.served.policy, "reload", None)
             if callable(reload):  # vLLM: new weights into the running engine, under the run lock
-                return self._reload_in_place(reload, path, target, version, t0)
+                return self._reload_in_place(reload, path, target, version, t0, trained)
             try:
                 policy = self._factory(target, version)
             except S3Error:
@@ -230,7 +244,7 @@ class SearcherCore:
                 metrics.POLICY_LOADS.labels("error").inc()
                 logger.warning("LoadPolicy %s failed: %s: %s", path, type(exc).__name__, exc)
                 raise InvalidArgument(f"cannot load a policy from {path}: {type(exc).__name__}: {exc}") from None
-            new = Served(policy, int(version), target, path)
+            new = Served(policy, int(version), target, path, trained)
             with self.run_lock:
                 old, self._served = self._served, new
             metrics.POLICY_VERSION.set(version)
@@ -249,7 +263,7 @@ class SearcherCore:
             close()
 
     def _reload_in_place(self, reload: Callable[..., float], path: str, target: str, version: int,
-                         t0: float) -> Served:
+                         t0: float, trained: str = "") -> Served:
         """Publish ``version`` by loading ``target`` into the served policy's running engine.
 
         The run lock is held throughout: the rollout in progress finishes on the old version, the
@@ -264,7 +278,7 @@ class SearcherCore:
                 metrics.POLICY_LOADS.labels("error").inc()
                 logger.warning("LoadPolicy %s (in place) failed: %s: %s", path, type(exc).__name__, exc)
                 raise InvalidArgument(f"cannot load a policy from {path}: {type(exc).__name__}: {exc}") from None
-            new = Served(self.served.policy, int(version), target, path)
+            new = Served(self.served.policy, int(version), target, path, trained)
             self._served = new
         metrics.POLICY_VERSION.set(version)
         metrics.POLICY_LOADS.labels("ok").inc()
@@ -302,7 +316,7 @@ class SearcherCore:
 
             trajs = run_episodes(job.questions, _Timed(served.policy, cancelled), search, job.cfg, job.temperature,
                                  n=job.n, seed=job.seed, policy_version=served.version, stats=stats,
-                                 on_finish=finished)
+                                 on_finish=finished, profile=self.profile)
             seconds = time.perf_counter() - t0
         metrics.TURNS.inc(stats.turns)
         metrics.INVALID_TURNS.inc(stats.invalid_turns)
@@ -486,7 +500,9 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServicer):
 
     async def PolicyInfo(self, request: searcher_pb2.PolicyInfoRequest, context: Any) -> searcher_pb2.PolicyInfoResponse:  # noqa: N802
         s = self.core.served
-        return searcher_pb2.PolicyInfoResponse(model=s.model, version=s.version, checkpoint_path=s.checkpoint_path)
+        return searcher_pb2.PolicyInfoResponse(model=s.model, version=s.version, checkpoint_path=s.checkpoint_path,
+                                               prompt_profile=self.core.profile.tag,
+                                               trained_prompt_profile=s.trained_profile)
 
     async def Search(self, request: searcher_pb2.SearchAgentRequest, context: Any) -> searcher_pb2.SearchAgentResponse:  # noqa: N802
         _ = self.core.served  # UNAVAILABLE while loading, before any other check

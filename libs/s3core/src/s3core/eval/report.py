@@ -28,13 +28,16 @@ PLOT_FILE = "results.png"
 
 
 def results_json(outcome: EvalOutcome, config: dict[str, Any]) -> dict[str, Any]:
-    return {
+    res = {
         "method": outcome.method,
         "datasets": {name: r.to_json() for name, r in outcome.datasets.items()},
         "average": outcome.average(),
         "seconds": round(outcome.seconds, 2),
         "config": config,
     }
+    if outcome.trajectories:  # methods that ran s3 episodes: the prompt profile(s) they were rendered in
+        res["searcher_prompt_profiles"] = sorted({t.prompt_profile or "unrecorded" for _, _, t, _ in outcome.trajectories})
+    return res
 
 
 def write_outcome(out_dir: str | Path, outcome: EvalOutcome, config: dict[str, Any]) -> dict[str, Any]:

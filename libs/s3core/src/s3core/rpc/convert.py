@@ -75,6 +75,7 @@ def trajectory_to_pb(t: Trajectory) -> searcher_pb2.Trajectory:
         context=[doc_to_pb(d) for d in t.context],
         policy_version=t.policy_version,
         group_index=t.group_index,
+        prompt_profile=t.prompt_profile,
     )
 
 
@@ -89,6 +90,7 @@ def trajectory_from_pb(p: searcher_pb2.Trajectory) -> Trajectory:
         context=docs_from_pb(p.context),
         policy_version=p.policy_version,
         group_index=p.group_index,
+        prompt_profile=p.prompt_profile,
     )
 
 

@@ -34,14 +34,8 @@ from s3core.config import SearchConfig
 from s3core.errors import InvalidArgument, S3Error
 from s3core.search.context import build_context
 from s3core.search.parsing import QUERY_END, parse_turn
-from s3core.search.prompts import (
-    block_observation,
-    encode,
-    feedback_observation,
-    prompt_token_ids,
-    render_block,
-    searcher_messages,
-)
+from s3core.search.profiles import PromptProfile, get_profile
+from s3core.search.prompts import encode, prompt_token_ids
 from s3core.search.trajectory import InfoBlock, Trajectory, Turn
 from s3core.types import Doc, Question
 
@@ -189,11 +183,15 @@ def run_episodes(
     policy_version: int | None = None,
     stats: EpisodeStats | None = None,
     on_finish: Callable[[Trajectory], None] | None = None,
+    profile: PromptProfile | None = None,
 ) -> list[Trajectory]:
     """Run ``n`` episodes per question in lock-step; trajectories in question order, then group index.
 
     ``temperature`` defaults to ``cfg.temperature_eval``.  ``on_finish`` is called with each
     trajectory as soon as its episode ends (its ``context`` already built), e.g. to stream it.
+    ``profile`` is the prompt and observation layout (:mod:`s3core.search.profiles`; default ours);
+    its cap on selected documents applies when lower than ``cfg.select_max``, and every trajectory
+    records its ``name@version``.
     """
     cfg.validate("search")
     if n < 1:
@@ -208,6 +206,10 @@ def run_episodes(
         set_seed(seed)
     version = int(policy_version if policy_version is not None else getattr(policy, "version", 0) or 0)
     eos = eos_ids_of(tokenizer, getattr(policy, "eos_token_ids", None))
+    prof = profile if profile is not None else get_profile("")
+    render_block, searcher_messages = prof.render_block, prof.searcher_messages
+    block_observation, feedback_observation = prof.block_observation, prof.feedback_observation
+    select_max = min(cfg.select_max, prof.select_max) if prof.select_max is not None else cfg.select_max
 
     # Block 0: naive RAG for the raw question; part of the prompt.
     block0 = _search(search, [q.question for q in questions], cfg.initial_k, stats)
@@ -217,7 +219,7 @@ def run_episodes(
         docs0 = block0[q.question]
         if q.question not in prompts:
             text0 = render_block(0, "", docs0, tokenizer, cfg.max_obs_tokens)
-            msgs = searcher_messages(q.question, text0, select_max=cfg.select_max, max_turns=cfg.max_turns)
+            msgs = searcher_messages(q.question, text0, select_max=select_max, max_turns=cfg.max_turns)
             prompts[q.question] = prompt_token_ids(tokenizer, msgs)
         prompt = prompts[q.question]
         for g in range(n):
@@ -229,6 +231,7 @@ def run_episodes(
                 prompt_length=len(prompt),
                 policy_version=version,
                 group_index=g,
+                prompt_profile=prof.tag,
             )
             episodes.append(_Episode(traj))
 
@@ -257,7 +260,7 @@ def run_episodes(
             action = cut_tokens(tokenizer, list(out)[: cfg.max_new_tokens], stops, eos)
             text = decode(tokenizer, action, skip_special=True)
             latest = ep.traj.blocks[-1]
-            parsed = parse_turn(text, len(latest.docs), cfg.select_max)
+            parsed = parse_turn(text, len(latest.docs), select_max)
             if parsed.has_selection:
                 latest.selected = list(parsed.important_ids)
                 latest.has_selection = True

@@ -18,21 +18,27 @@ words from the facts of their layout:
 
 The action tags are the same in both (``<think>``, ``<important_info>[..]``, ``<search_complete>``,
 ``<query>{"query": ...}</query>``).  Each profile has a ``version``; trajectories, checkpoints and
-results should record ``(name, version)`` and a searcher should refuse or warn when it serves a
-policy trained under another profile -- the wiring lives in the episode, the searcher service and
-the checkpoint code (see the report of issue 15 §4).
+results record ``name@version`` (:attr:`PromptProfile.tag`): :func:`~s3core.search.episode.run_episodes`
+renders with the profile it is given and stores the tag in every trajectory; the searcher service
+renders with ``searcher.prompt_profile`` and reports it (``PolicyInfo``); a policy folder records the
+profile it was trained with in :data:`PROFILE_FILE` (:func:`write_profile_record`), and the searcher
+warns or refuses (``searcher.prompt_profile_mismatch``) when it serves a policy under another.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from s3core.errors import InvalidArgument
+from s3core.errors import DataError, InvalidArgument
 from s3core.search import prompts
 from s3core.types import Doc
 
-__all__ = ["DEFAULT_PROFILE", "PROFILES", "PromptProfile", "get_profile", "check_profile_match"]
+__all__ = ["DEFAULT_PROFILE", "PROFILES", "PROFILE_FILE", "PromptProfile", "check_profile_match", "get_profile",
+           "read_profile_record", "write_profile_record"]
 
 DEFAULT_PROFILE = "s3-platform"
 
@@ -164,3 +170,33 @@ def check_profile_match(served: PromptProfile, trained_tag: str, *, strict: bool
     if strict:
         raise InvalidArgument(msg)
     return msg
+
+
+#: The file in a policy folder that says which prompt profile the policy was trained with.
+PROFILE_FILE = "s3_prompt_profile.json"
+
+
+def write_profile_record(folder: str | os.PathLike[str], profile: PromptProfile | str) -> Path:
+    """Record in ``folder`` (an exported policy) the profile it was trained with."""
+    tag = profile.tag if isinstance(profile, PromptProfile) else str(profile)
+    if "@" not in tag:
+        raise InvalidArgument(f"a prompt profile record needs name@version, got {tag!r}")
+    path = Path(folder) / PROFILE_FILE
+    path.write_text(json.dumps({"prompt_profile": tag}, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def read_profile_record(folder: str | os.PathLike[str]) -> str:
+    """The ``name@version`` a policy folder records it was trained with; "" when it records none
+    (not a local folder, or a policy exported before the record existed)."""
+    path = Path(folder) / PROFILE_FILE
+    if not path.is_file():
+        return ""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(str(path), None, f"unreadable prompt profile record: {exc}") from None
+    tag = d.get("prompt_profile") if isinstance(d, dict) else None
+    if not isinstance(tag, str) or "@" not in tag:
+        raise DataError(str(path), None, f"'prompt_profile' must be a name@version string, got {tag!r}")
+    return tag

@@ -57,6 +57,7 @@ class Trajectory:
     context: list[Doc] = field(default_factory=list)  # spec §3 context (no ablation)
     policy_version: int = 0
     group_index: int = 0
+    prompt_profile: str = ""  # "name@version" of the prompt profile (s3core.search.profiles) it was rendered in
 
     @property
     def done(self) -> bool:
