@@ -18,7 +18,7 @@ from s3.v1 import controller_pb2, controller_pb2_grpc
 from s3core.errors import InvalidArgument
 from s3core.jobs.controller import JobController
 from s3core.jobs.model import FINAL_STATES
-from s3core.jobs.pb import event_to_pb, job_to_pb, kind_from_pb, state_from_pb
+from s3core.rpc.convert_controller import event_to_pb, job_to_pb, kind_from_pb, state_from_pb
 
 SERVICE_NAME = "s3.v1.Controller"
 DEFAULT_LIST_LIMIT = 100

@@ -20,8 +20,9 @@ import grpc
 from s3.v1 import learner_pb2, learner_pb2_grpc
 from s3_learner import metrics as learner_metrics
 from s3core.errors import InvalidArgument
+from s3core.rpc.convert_learner import scored_from_pb
 from s3core.train import metrics
-from s3core.train.samples import scored_from_pb, to_sample
+from s3core.train.samples import to_sample
 
 SERVICE_NAME = "s3.v1.Learner"
 

@@ -12,6 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from s3.v1 import (
     common_pb2,
+    controller_pb2,
+    controller_pb2_grpc,
     generator_pb2,
     generator_pb2_grpc,
     learner_pb2,
@@ -21,11 +23,15 @@ from s3.v1 import (
     searcher_pb2,
     searcher_pb2_grpc,
 )
-from s3core.errors import Unavailable
+from s3core.errors import S3Error, Unavailable
+from s3core.jobmodel import JobEvent, JobRecord
 from s3core.rpc.auth import with_token
 from s3core.rpc.convert import doc_to_pb, docs_from_pb, question_to_pb, search_knobs_to_pb, trajectory_from_pb
+from s3core.rpc.convert_controller import event_from_pb, job_from_pb, kind_to_pb, state_to_pb
+from s3core.rpc.convert_learner import scored_to_pb
 from s3core.rpc.errors import from_rpc_error
 from s3core.rpc.tls import open_channel
+from s3core.search.scored import ScoredTrajectory
 from s3core.search.trajectory import Trajectory
 from s3core.types import Doc, Question
 
@@ -323,8 +329,10 @@ class LearnerClient(_Client):
     def update(self, trajectories: Sequence[Any], step: int, run_state_json: str = "", *, checkpoint: bool = True,
                metric: float | None = None, driver_stats: Mapping[str, float] | None = None
                ) -> learner_pb2.UpdateResponse:
-        """``trajectories``: ``learner_pb2.ScoredTrajectory`` messages."""
-        req = learner_pb2.UpdateRequest(trajectories=list(trajectories), step=int(step), run_state_json=run_state_json,
+        """``trajectories``: :class:`ScoredTrajectory` records (converted here) or ``learner_pb2.ScoredTrajectory``
+        messages."""
+        msgs = [scored_to_pb(t) if isinstance(t, ScoredTrajectory) else t for t in trajectories]
+        req = learner_pb2.UpdateRequest(trajectories=msgs, step=int(step), run_state_json=run_state_json,
                                         checkpoint=checkpoint, driver_stats=dict(driver_stats or {}))
         if metric is not None:
             req.metric = float(metric)
@@ -344,3 +352,86 @@ class LearnerClient(_Client):
             return self._stub.Status(learner_pb2.LearnerStatusRequest(), timeout=60.0)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, f"learner {self.address} Status") from None
+
+
+CONTROLLER_SERVICE = "s3.v1.Controller"
+CONTROLLER_PORT = 50055
+CONTROLLER_HTTP_PORT = 8055
+
+
+class Unauthenticated(S3Error):
+    """The controller refused the call: no token, or a wrong one."""
+
+
+def _controller_error(exc: grpc.RpcError, what: str) -> S3Error:
+    if hasattr(exc, "code") and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(f"{what}: {exc.details()} (UNAUTHENTICATED; set S3_AUTH_TOKEN or pass --token-file)")
+    return from_rpc_error(exc, what)
+
+
+class ControllerClient(_Client):
+    """The controller service (``s3.v1.Controller``): job records and events in and out (:mod:`s3core.jobmodel`).
+
+    Every call sends ``authorization: Bearer <token>`` when a token is given or configured
+    (``$S3_AUTH_TOKEN`` / ``$S3_AUTH_TOKEN_FILE``) and turns UNAUTHENTICATED into :class:`Unauthenticated`.
+    """
+
+    service = CONTROLLER_SERVICE
+
+    def __init__(self, address: str, token: str | None = None, timeout: float = 30.0) -> None:
+        super().__init__(address, timeout, token)
+        self._stub = controller_pb2_grpc.ControllerStub(self.channel)
+
+    def wait_ready(self, timeout: float = 60.0, refused_grace: float = REFUSED_GRACE_S) -> None:
+        super().wait_ready(timeout, refused_grace)
+
+    def _call(self, name: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self._stub, name)(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise _controller_error(exc, f"controller {self.address} {name}") from None
+
+    def submit(self, spec_yaml: str, kind: str = "", labels: Mapping[str, str] | None = None, request_id: str = "",
+               workdir: str = "", validate_only: bool = False) -> JobRecord:
+        req = controller_pb2.SubmitJobRequest(kind=kind_to_pb(kind), spec_yaml=spec_yaml, labels=dict(labels or {}),
+                                              request_id=request_id, workdir=workdir, validate_only=validate_only)
+        return job_from_pb(self._call("SubmitJob", req))
+
+    def register(self, spec_yaml: str, kind: str = "", labels: Mapping[str, str] | None = None,
+                 request_id: str = "", worker: str = "", backend: str = "external", workdir: str = "") -> JobRecord:
+        req = controller_pb2.RegisterJobRequest(kind=kind_to_pb(kind), spec_yaml=spec_yaml, labels=dict(labels or {}),
+                                                request_id=request_id, worker=worker, backend=backend,
+                                                workdir=workdir)
+        return job_from_pb(self._call("RegisterJob", req))
+
+    def get(self, job_id: str) -> JobRecord:
+        return job_from_pb(self._call("GetJob", controller_pb2.GetJobRequest(id=job_id)))
+
+    def list(self, kind: str = "", state: str = "", labels: Mapping[str, str] | None = None,
+             limit: int = 0) -> list[JobRecord]:
+        req = controller_pb2.ListJobsRequest(kind=kind_to_pb(kind), state=state_to_pb(state),
+                                             labels=dict(labels or {}), limit=limit)
+        return [job_from_pb(j) for j in self._call("ListJobs", req).jobs]
+
+    def cancel(self, job_id: str, reason: str = "") -> JobRecord:
+        return job_from_pb(self._call("CancelJob", controller_pb2.CancelJobRequest(id=job_id, reason=reason)))
+
+    def watch(self, job_id: str, after: str = "", history_only: bool = False,
+              timeout: float | None = None) -> Iterator[JobEvent]:
+        """Events of a job: its history, then live ones until it finishes (``history_only``: just the
+        history).  ``timeout`` bounds the whole stream (None = no bound)."""
+        req = controller_pb2.WatchJobRequest(id=job_id, after_event_id=after, history_only=history_only)
+        call = self._stub.WatchJob(req, timeout=timeout)
+        try:
+            for ev in call:
+                yield event_from_pb(ev)
+        except grpc.RpcError as exc:
+            raise _controller_error(exc, f"controller {self.address} WatchJob") from None
+        finally:
+            call.cancel()
+
+    def __enter__(self) -> "ControllerClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

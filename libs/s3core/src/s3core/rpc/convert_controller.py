@@ -1,4 +1,4 @@
-"""``s3.v1`` controller messages <-> :mod:`s3core.jobs.model` records, in one place."""
+"""``s3.v1`` controller messages <-> :mod:`s3core.jobmodel` records (job kinds, states, records, events)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import json
 
 from s3.v1 import controller_pb2
 from s3core.errors import InvalidArgument
-from s3core.jobs.model import KINDS, STATES, JobEvent, JobRecord
+from s3core.jobmodel import KINDS, STATES, JobEvent, JobRecord
 
-_KIND_TO_PB = {k: controller_pb2.JobKind.Value(f"JOB_KIND_{k.upper()}") for k in KINDS}
-_KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()}
-_STATE_TO_PB = {s: controller_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in STATES}
-_STATE_FROM_PB = {v: s for s, v in _STATE_TO_PB.items()}
+_KIND_TO_PB: dict[str, controller_pb2.JobKind.ValueType] = {
+    k: controller_pb2.JobKind.Value(f"JOB_KIND_{k.upper()}") for k in KINDS}
+_KIND_FROM_PB: dict[int, str] = {int(v): k for k, v in _KIND_TO_PB.items()}
+_STATE_TO_PB: dict[str, controller_pb2.JobState.ValueType] = {
+    s: controller_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in STATES}
+_STATE_FROM_PB: dict[int, str] = {int(v): s for s, v in _STATE_TO_PB.items()}
 
 
-def kind_to_pb(kind: str) -> int:
+def kind_to_pb(kind: str) -> controller_pb2.JobKind.ValueType:
     return _KIND_TO_PB.get(kind, controller_pb2.JOB_KIND_UNSPECIFIED)
 
 
@@ -27,7 +29,7 @@ def kind_from_pb(value: int, field: str = "kind") -> str:
     return _KIND_FROM_PB[value]
 
 
-def state_to_pb(state: str) -> int:
+def state_to_pb(state: str) -> controller_pb2.JobState.ValueType:
     return _STATE_TO_PB.get(state, controller_pb2.JOB_STATE_UNSPECIFIED)
 
 
