@@ -133,6 +133,38 @@ def job_var() -> dict[str, Any]:
             "multi": True, "sort": 1, "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
 
 
+# the chart's vLLM OpenAI servers (vllmServer.enabled): their ServiceMonitor labels every target s3_vllm=<release>,
+# so another vLLM in the namespace stays out; $vllm_job lists those targets' jobs
+VLLM = 's3_vllm!=""'
+VLLM_JOB = 'job=~"$vllm_job"'
+
+
+def vllm_job_var() -> dict[str, Any]:
+    """The jobs of this platform's vLLM servers (they export vllm:* metrics, no s3_ one)."""
+    q = f'label_values(vllm:num_requests_running{{{NS}, {VLLM}}}, job)'
+    return {"name": "vllm_job", "label": "vLLM server", "type": "query", "datasource": DS,
+            "query": {"query": q, "refId": "vllm_job"}, "definition": q, "refresh": 2, "includeAll": True,
+            "multi": True, "sort": 1, "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
+
+
+def vsel(*extra: str) -> str:
+    """The selector of a vLLM server metric: ``{namespace, job=~"$vllm_job", s3_vllm!=""[, extra]}``."""
+    return "{" + ",".join((NS, VLLM_JOB, VLLM, *extra)) + "}"
+
+
+def vrate(metric: str, by: str = "") -> str:
+    grp = f" by ({by})" if by else ""
+    return f"sum{grp} (rate({metric}{vsel()}[{RI}]))"
+
+
+def vquantile(q: float, hist: str, alt: str = "") -> str:
+    """A quantile of a vLLM histogram; ``alt``: the name older vLLM releases export it under (either is there)."""
+    inner = f"rate({hist}_bucket{vsel()}[{RI}])"
+    if alt:
+        inner = f"{inner} or rate({alt}_bucket{vsel()}[{RI}])"
+    return f"histogram_quantile({q}, sum by (le) ({inner}))"
+
+
 def namespace_var(metric: str) -> dict[str, Any]:
     return {"name": "namespace", "label": "namespace", "type": "query", "datasource": DS,
             "query": {"query": f"label_values({metric}, namespace)", "refId": "namespace"},
@@ -146,7 +178,7 @@ DATASOURCE_VAR = {"name": "datasource", "label": "Prometheus", "type": "datasour
 
 
 def dashboard(uid: str, title: str, desc: str, ns_metric: str, panels: list[dict[str, Any]],
-              links: bool = True) -> dict[str, Any]:
+              links: bool = True, extra_vars: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Lay ``panels`` out left to right in rows of 24 columns; ids in order."""
     x = y = row_h = 0
     out = []
@@ -170,7 +202,7 @@ def dashboard(uid: str, title: str, desc: str, ns_metric: str, panels: list[dict
                                   "name": "Annotations & Alerts", "type": "dashboard"}]},
         "links": [{"title": "s3 dashboards", "type": "dashboards", "tags": ["s3"], "asDropdown": True,
                    "includeVars": True, "keepTime": True}] if links else [],
-        "templating": {"list": [DATASOURCE_VAR, namespace_var(ns_metric), job_var()]},
+        "templating": {"list": [DATASOURCE_VAR, namespace_var(ns_metric), job_var(), *(extra_vars or [])]},
         "panels": out,
     }
 
@@ -306,7 +338,52 @@ def generator() -> dict[str, Any]:
         timeseries("RPC p95 by method", [(quantile(0.95, "grpc_server_handling_seconds", svc, by="grpc_method"),
                                           "{{grpc_method}}")], "s",
                    "95th percentile handling time of Generator RPCs (queueing for a batch included)."),
-    ])
+        *vllm_panels(),
+    ], extra_vars=[vllm_job_var()])
+
+
+def vllm_panels() -> list[dict[str, Any]]:
+    """vLLM's own /metrics, when the generator runs on the chart's vLLM OpenAI server (vllmServer.enabled); empty
+    panels otherwise."""
+    kv = f"max by (instance) (vllm:kv_cache_usage_perc{vsel()} or vllm:gpu_cache_usage_perc{vsel()})"
+    return [
+        row("vLLM server (vllmServer.enabled: the generator's openai backend calls it)"),
+        stat("Requests running", f"sum(vllm:num_requests_running{vsel()})", "none",
+             "Requests in the vLLM engine's running batch, all vLLM server replicas."),
+        stat("Requests waiting", f"sum(vllm:num_requests_waiting{vsel()})", "none",
+             "Requests queued in vLLM for a place in the batch (KV cache or max-num-seqs full).",
+             thresholds=[(None, "green"), (1, "orange")]),
+        stat("KV cache used", f"max({kv})", "percentunit",
+             "Largest share of KV-cache blocks in use on a replica (1 = full: new requests wait, running ones can "
+             "be preempted).", thresholds=[(None, "green"), (0.9, "orange")], decimals=1),
+        stat("Generation tokens / s", vrate("vllm:generation_tokens_total"), "short",
+             "Tokens vLLM generated per second, all replicas."),
+        stat("TTFT p95", vquantile(0.95, "vllm:time_to_first_token_seconds"), "s",
+             "95th percentile time to the first token (queueing and prefill)."),
+        stat("Preemptions / s", vrate("vllm:num_preemptions_total"), "ops",
+             "Running requests vLLM preempted for lack of KV cache (recomputed later).",
+             thresholds=[(None, "green"), (0.01, "orange")]),
+        timeseries("vLLM requests", [(f"sum by (instance) (vllm:num_requests_running{vsel()})", "running {{instance}}"),
+                                     (f"sum by (instance) (vllm:num_requests_waiting{vsel()})", "waiting {{instance}}")],
+                   "none", "Requests running and waiting in each vLLM server replica."),
+        timeseries("vLLM tokens / s", [(vrate("vllm:prompt_tokens_total"), "prompt"),
+                                       (vrate("vllm:generation_tokens_total"), "generation")], "short",
+                   "Prompt (prefill) and generated tokens per second, all replicas."),
+        timeseries("vLLM latency", [(vquantile(0.5, "vllm:time_to_first_token_seconds"), "TTFT p50"),
+                                    (vquantile(0.95, "vllm:time_to_first_token_seconds"), "TTFT p95"),
+                                    (vquantile(0.95, "vllm:e2e_request_latency_seconds"), "end-to-end p95"),
+                                    (vquantile(0.95, "vllm:request_queue_time_seconds"), "queue p95")], "s",
+                   "Time to first token, whole-request latency and time spent waiting, as vLLM measures them."),
+        timeseries("vLLM inter-token latency", [(vquantile(q, "vllm:inter_token_latency_seconds",
+                                                           "vllm:time_per_output_token_seconds"), f"p{int(q * 100)}")
+                                                for q in (0.5, 0.95)], "s",
+                   "Time between two generated tokens of a request (decode speed under the current batch)."),
+        timeseries("vLLM KV cache", [(kv, "{{instance}}")], "percentunit",
+                   "Share of KV-cache blocks in use on each replica."),
+        timeseries("vLLM finished requests / s", [(vrate("vllm:request_success_total", by="finished_reason"),
+                                                   "{{finished_reason}}")], "reqps",
+                   "Requests vLLM finished per second, by why they ended (stop, length, abort)."),
+    ]
 
 
 def rollouts() -> dict[str, Any]:

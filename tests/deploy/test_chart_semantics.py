@@ -35,6 +35,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any] | None]] = {
         "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a"]}]},
             {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["b"]}]}]}}}}}),
+    # the generator's model on the vLLM OpenAI server (test_chart_vllm_server.py checks the wiring)
+    "gpu-vllm-server": ([*PROFILES["gpu"], "values-vllm-server.yaml"], None),
 }
 
 

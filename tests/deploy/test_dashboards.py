@@ -23,6 +23,16 @@ PROCESS_METRICS = {"process_resident_memory_bytes", "process_virtual_memory_byte
                    "process_start_time_seconds", "process_open_fds", "process_max_fds"}
 
 
+# vLLM's own /metrics (the chart's vllmServer; vLLM >= 0.10 names, and the older names the panels fall back to),
+# as vLLM's docs list them (docs/design/metrics.md) -- no vLLM runs here to scrape
+VLLM_METRICS = {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                "vllm:gpu_cache_usage_perc", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+                "vllm:num_preemptions_total", "vllm:request_success_total"} | {
+    f"{h}_bucket" for h in ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
+                            "vllm:request_queue_time_seconds", "vllm:inter_token_latency_seconds",
+                            "vllm:time_per_output_token_seconds")}
+
+
 def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
@@ -81,7 +91,7 @@ def test_dashboard_structure(path: Path) -> None:
 
 
 def test_every_metric_a_panel_names_is_defined_in_the_code() -> None:
-    defined = _code_metrics() | PROCESS_METRICS
+    defined = _code_metrics() | PROCESS_METRICS | VLLM_METRICS
     assert {"grpc_server_handled_total", "s3_train_stat", "s3_learner_update_seconds_bucket"} <= defined
     used = set()
     for path in DASHBOARDS:
@@ -95,9 +105,12 @@ def test_every_metric_a_panel_names_is_defined_in_the_code() -> None:
             if v["type"] == "query" and v["name"] == "namespace":
                 metric = re.fullmatch(r"label_values\((\w+), *namespace\)", v["query"]["query"]).group(1)
                 assert metric in defined
+            elif v["type"] == "query" and v["name"] == "vllm_job":  # the chart's vLLM servers, by their s3_vllm label
+                assert v["query"]["query"] == 'label_values(vllm:num_requests_running{namespace=~"$namespace", ' \
+                    's3_vllm!=""}, job)'
             elif v["type"] == "query":  # the platform's jobs: those exporting an s3_ metric
                 assert v["name"] == "job" and v["query"]["query"].startswith('label_values({__name__=~"s3_.+"')
     # each service's own metrics are on a dashboard
     for prefix in ("s3_retriever_", "s3_generator_", "s3_searcher_", "s3_train_", "s3_learner_", "s3_controller_",
-                   "grpc_server_"):
+                   "grpc_server_", "vllm:"):
         assert any(m.startswith(prefix) for m in used), prefix

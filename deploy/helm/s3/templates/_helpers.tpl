@@ -227,11 +227,27 @@ httpGet:
 
 {{- define "s3.args.generator" -}}
 - --backend={{ .spec.backend }}
+{{- if .root.Values.vllmServer.enabled }}
+{{- /* in front of the chart's vLLM OpenAI server: its Service, and the name it serves the model under */}}
+- --model={{ include "s3.vllmServedModel" .root }}
+- --base-url={{ .spec.baseUrl | default (include "s3.vllmServerUrl" .root) }}
+{{- else }}
 - --model={{ .spec.model }}
-- --model-cache={{ .root.Values.persistence.models.mountPath | trimSuffix "/" }}/s3
 {{- with .spec.baseUrl }}
 - --base-url={{ . }}
 {{- end }}
+{{- end }}
+- --model-cache={{ .root.Values.persistence.models.mountPath | trimSuffix "/" }}/s3
+{{- end }}
+
+{{/* The model name the vLLM OpenAI server answers to (vllmServer.servedModelName, default its model). */}}
+{{- define "s3.vllmServedModel" -}}
+{{- .Values.vllmServer.servedModelName | default .Values.vllmServer.model }}
+{{- end }}
+
+{{/* The OpenAI API base URL of the chart's vLLM server: http://<fullname>-vllm:PORT/v1 */}}
+{{- define "s3.vllmServerUrl" -}}
+{{- printf "http://%s:%v/v1" (include "s3.componentName" (dict "root" . "component" "vllm")) .Values.vllmServer.port }}
 {{- end }}
 
 {{- define "s3.args.searcher" -}}
@@ -355,6 +371,23 @@ httpGet:
 as a string; a mantissa with a dot (1.0e-06) is a float in both. */}}
 {{- define "s3.toYaml" -}}
 {{- regexReplaceAll "(?m)^(\\s*(?:[^\\s:#][^:#]*:|-)\\s+)(-?[0-9]+)([eE][-+][0-9]+)$" (toYaml .) "${1}${2}.0${3}" }}
+{{- end }}
+
+{{/* A map without its null entries, one level down too (resources.requests / .limits): a values file layered
+on another removes a key with null (values-vllm-server.yaml drops the GPU profile's nvidia.com/gpu and GPU node
+label from the generator); Helm keeps nulls from -f files, so the chart drops them.  MAP -> YAML ("" = empty). */}}
+{{- define "s3.dropNulls" -}}
+{{- $out := dict }}
+{{- range $k, $v := . }}
+{{- if kindIs "map" $v }}
+{{- $inner := dict }}
+{{- range $ik, $iv := $v }}{{ if not (kindIs "invalid" $iv) }}{{ $_ := set $inner $ik $iv }}{{ end }}{{ end }}
+{{- $_ := set $out $k $inner }}
+{{- else if not (kindIs "invalid" $v) }}
+{{- $_ := set $out $k $v }}
+{{- end }}
+{{- end }}
+{{- if $out }}{{ toYaml $out }}{{ end }}
 {{- end }}
 
 {{/* Scheduling ---------------------------------------------------------------------------------------- */}}
