@@ -179,7 +179,7 @@ def test_workloads_are_locked_down_and_probed(profile: str, profile_render: Call
             assert c[probe]["grpc"] == {"port": grpc_port, "service": ""}, f"{component} {probe}"
         # liveness: the process answers, whatever its dependencies (test_chart_semantics.py)
         http_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
-        assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": http_port}, component
+        assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": http_port}, component
         # the service binds every address inside the pod, on the ports the probes and Services use
         args = c["args"]
         assert "--host=0.0.0.0" in args and f"--port={grpc_port}" in args
@@ -634,7 +634,7 @@ def test_tls_mounts_the_secret_and_probes_over_http(client_auth: bool, render: C
         http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert "grpc" not in c[probe], (component, probe)  # kubelet's grpc probes cannot speak TLS
-            path = "/metrics" if probe == "livenessProbe" else "/healthz"
+            path = "/livez" if probe == "livenessProbe" else "/healthz"
             assert c[probe]["httpGet"] == {"path": path, "port": http}
     (c,) = r.deployment("controller")["spec"]["template"]["spec"]["containers"]
     args = _parser("controller").parse_args(_expand(c["args"], {e["name"]: "x" for e in c["env"]}))

@@ -295,21 +295,28 @@ def test_liveness_asks_only_the_process(profile: str, profile_render: Callable[[
     for component in COMPONENTS:
         (c,) = r.deployment(component)["spec"]["template"]["spec"]["containers"]
         http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
-        assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": http}, component
+        assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": http}, component
         assert "grpc" in c["readinessProbe"] and "grpc" in c["startupProbe"], component
 
 
 def test_liveness_needs_no_token_when_metrics_are_protected(render: Callable[..., Rendered]) -> None:
-    """S3_AUTH_METRICS true: /metrics answers 401 without the token kubelet never sends, so liveness connects to
-    the HTTP port instead (a probe that always failed would restart-loop every pod)."""
+    """S3_AUTH_METRICS true and a token: /metrics answers 401 without the token kubelet never sends, and the
+    rendered liveness probe's path still answers 200 on a real side-server (a probe that always failed would
+    restart-loop every pod)."""
+    from s3core.rpc.http import SideServer
+
     r = render(set_values={"generator": {"extraEnv": [{"name": "S3_AUTH_METRICS", "value": "true"}]}})
-    for component in COMPONENTS:
-        (c,) = r.deployment(component)["spec"]["template"]["spec"]["containers"]
-        http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
-        want = {"tcpSocket": {"port": http}} if component == "generator" else \
-            {"httpGet": {"path": "/metrics", "port": http}}
-        assert {k: v for k, v in c["livenessProbe"].items() if k in ("tcpSocket", "httpGet")} == want, component
+    (c,) = r.deployment("generator")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "S3_AUTH_METRICS", "value": "true"} in c["env"]
+    path = c["livenessProbe"]["httpGet"]["path"]
     assert not apirules.check(r.docs)
+    server = SideServer("127.0.0.1", 0, lambda: False, token="tok", protect_metrics=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert _get(base + "/metrics") == 401 and _get(base + "/healthz") == 503
+        assert _get(base + path) == 200
+    finally:
+        server.stop()
 
 
 def _get(url: str) -> int:

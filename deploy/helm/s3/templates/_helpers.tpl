@@ -176,24 +176,13 @@ grpc:
 {{- end }}
 {{- end }}
 
-{{/* Liveness: the HTTP side-server answers /metrics whatever the health status (dependencies down included).
-With S3_AUTH_METRICS true in the environment (extraEnv) /metrics needs the token, which kubelet does not send: then a
-TCP connect to the HTTP port.  (dict "http" PORT "timing" T "env" ENV-LIST) */}}
+{{/* Liveness: the HTTP side-server's /livez, 200 whenever the process answers: it asks nothing of the model,
+Redis or another service, and needs no token (S3_AUTH_METRICS protects /metrics only).  (dict "http" PORT
+"timing" T) */}}
 {{- define "s3.livenessProbe" -}}
-{{- $protected := false }}
-{{- range .env }}
-{{- if and (eq (toString .name) "S3_AUTH_METRICS") (has (lower (toString .value)) (list "1" "true" "yes" "on")) }}
-{{- $protected = true }}
-{{- end }}
-{{- end }}
-{{- if $protected }}
-tcpSocket:
-  port: {{ .http }}
-{{- else }}
 httpGet:
-  path: /metrics
+  path: /livez
   port: {{ .http }}
-{{- end }}
 {{- with .timing }}
 {{ toYaml . }}
 {{- end }}
