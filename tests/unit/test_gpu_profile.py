@@ -72,13 +72,17 @@ def test_gpu_paper_is_the_papers_serving_setting(paper: Config) -> None:
 
 
 def test_gpu_paper_trains_like_train_paper(paper: Config) -> None:
-    """Everything that decides the RL run is train-paper.yaml's; the one deliberate difference is LoRA (a 7B
-    policy and its 7B critic do not fit one 80 GB GPU at full weight)."""
+    """Everything that decides the RL run is train-paper.yaml's; the deliberate difference is how the update
+    fits: one 80 GB GPU with LoRA here, full parameters sharded by FSDP over Ray Train GPU workers there (a 7B
+    policy and its 7B critic do not fit one 80 GB GPU at full weight; docs/scale-gpu.md)."""
     ref = load_config(REPO / "configs" / "train-paper.yaml")
-    lora = ("lora_rank", "lora_alpha", "device")
-    assert _asdict(paper.rl, lora) == _asdict(ref.rl, lora)
+    placement = ("lora_rank", "lora_alpha", "device", "strategy", "micro_batch_tokens", "fsdp_cpu_offload")
+    assert _asdict(paper.rl, placement) == _asdict(ref.rl, placement)
     assert paper.rl.lora_rank > 0 and ref.rl.lora_rank == 0
-    assert _asdict(paper.train) == _asdict(ref.train)
+    assert (ref.rl.strategy, ref.train.backend, ref.train.use_gpu) == ("fsdp", "ray", True)
+    assert ref.train.num_workers >= 5  # the 5 x 80 GB row of docs/scale-gpu.md
+    workers = ("backend", "num_workers", "use_gpu", "ray_address")
+    assert _asdict(paper.train, workers) == _asdict(ref.train, workers)
     assert _asdict(paper.reward) == _asdict(ref.reward)
     assert _asdict(paper.search) == _asdict(ref.search)
     assert paper.searcher.model == ref.searcher.model and paper.learner.model == ref.learner.model
