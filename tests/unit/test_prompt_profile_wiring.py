@@ -166,3 +166,20 @@ def test_results_json_names_the_profiles_of_the_episodes(tok: Any, tmp_path: Pat
     assert line["trajectory"]["prompt_profile"] == "reference-layout@ref-layout-v1"
     # methods without episodes carry no such field
     assert "searcher_prompt_profiles" not in write_outcome(tmp_path / "rag", EvalOutcome(method="naive-rag", k=3), {})
+
+
+def test_replay_lays_an_episode_out_in_its_recorded_profile(tok: Any) -> None:
+    import dataclasses
+
+    from s3core.search.replay import replay_tokens, replay_trajectory
+
+    cfg = SearchConfig(initial_k=3, retrieve_k=8, select_max=4, max_turns=3)
+    for name in ("reference-layout", DEFAULT_PROFILE):
+        t = run_episodes([Q], Scripted(tok, TURNS), search, cfg, profile=get_profile(name))[0]
+        ids, mask, plen = replay_tokens(t, tok, cfg)  # same tokenizer: exactly the engine's layout
+        assert (ids, mask, plen) == (t.token_ids, t.action_mask, t.prompt_length), name
+        assert replay_trajectory(t, tok, cfg).prompt_profile == t.prompt_profile
+    # the other profile lays it out differently; an unknown one is refused
+    assert replay_tokens(t, tok, cfg, get_profile("reference-layout"))[0] != t.token_ids
+    with pytest.raises(InvalidArgument, match="unknown searcher prompt profile 'theirs'"):
+        replay_tokens(dataclasses.replace(t, prompt_profile="theirs@1"), tok, cfg)

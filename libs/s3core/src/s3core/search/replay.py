@@ -15,6 +15,10 @@ turns against the same search results:
   :data:`~s3core.search.prompts.FINAL_TURN_NOTE` before the final turn -- the same functions the
   engine calls, so the student's truncation of long blocks applies.
 
+These functions are the prompt profile's (:mod:`s3core.search.profiles`): by default the one the
+trajectory records it was rendered in (``Trajectory.prompt_profile``, by name; ours when it records
+none), so an episode of the reference layout is replayed in the reference layout.
+
 Choices (documented in docs/training.md, "Warm start: s3 sft"):
 
 * **No end-of-sequence token is added to actions.**  ``Turn.raw_text`` skips special tokens, so an
@@ -37,21 +41,27 @@ from typing import Any
 
 from s3core.config import SearchConfig
 from s3core.errors import InvalidArgument
-from s3core.search.prompts import (
-    block_observation,
-    encode,
-    feedback_observation,
-    prompt_token_ids,
-    render_block,
-    searcher_messages,
-)
+from s3core.search.profiles import PromptProfile, get_profile
+from s3core.search.prompts import encode, prompt_token_ids
 from s3core.search.trajectory import Trajectory
 
-__all__ = ["replay_tokens", "replay_trajectory"]
+__all__ = ["replay_tokens", "replay_trajectory", "trajectory_profile"]
 
 
-def replay_tokens(traj: Trajectory, tokenizer: Any, cfg: SearchConfig) -> tuple[list[int], list[int], int]:
-    """``(token_ids, action_mask, prompt_length)`` of ``traj`` laid out with ``tokenizer``.
+def trajectory_profile(traj: Trajectory) -> PromptProfile:
+    """The prompt profile ``traj`` was rendered in, by the name it records (ours when it records
+    none); InvalidArgument for a name this code does not know."""
+    name = traj.prompt_profile.split("@", 1)[0] if traj.prompt_profile else ""
+    try:
+        return get_profile(name)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"trajectory of question {traj.question.id!r}: {exc}") from None
+
+
+def replay_tokens(traj: Trajectory, tokenizer: Any, cfg: SearchConfig,
+                  profile: PromptProfile | None = None) -> tuple[list[int], list[int], int]:
+    """``(token_ids, action_mask, prompt_length)`` of ``traj`` laid out with ``tokenizer``, in
+    ``profile`` (default: the one the trajectory records, :func:`trajectory_profile`).
 
     Raises :class:`~s3core.errors.InvalidArgument` when the trajectory has no block 0, no turn, more
     turns than ``cfg.max_turns + 1``, a turn after the episode ended, or blocks that do not match
@@ -65,8 +75,12 @@ def replay_tokens(traj: Trajectory, tokenizer: Any, cfg: SearchConfig) -> tuple[
         raise InvalidArgument(
             f"trajectory of question {traj.question.id!r} has {len(traj.turns)} turns, more than "
             f"search.max_turns + 1 = {cfg.max_turns + 1}: it was recorded with other search settings")
+    prof = profile if profile is not None else trajectory_profile(traj)
+    render_block, block_observation, feedback_observation = (prof.render_block, prof.block_observation,
+                                                             prof.feedback_observation)
+    select_max = min(cfg.select_max, prof.select_max) if prof.select_max is not None else cfg.select_max
     text0 = render_block(0, "", traj.blocks[0].docs, tokenizer, cfg.max_obs_tokens)
-    msgs = searcher_messages(traj.question.question, text0, select_max=cfg.select_max, max_turns=cfg.max_turns)
+    msgs = prof.searcher_messages(traj.question.question, text0, select_max=select_max, max_turns=cfg.max_turns)
     prompt = prompt_token_ids(tokenizer, msgs)
     ids = list(prompt)
     mask = [0] * len(prompt)
@@ -103,9 +117,12 @@ def replay_tokens(traj: Trajectory, tokenizer: Any, cfg: SearchConfig) -> tuple[
     return ids, mask, len(prompt)
 
 
-def replay_trajectory(traj: Trajectory, tokenizer: Any, cfg: SearchConfig) -> Trajectory:
-    """A copy of ``traj`` whose ``token_ids`` / ``action_mask`` / ``prompt_length`` are :func:`replay_tokens`'."""
+def replay_trajectory(traj: Trajectory, tokenizer: Any, cfg: SearchConfig,
+                      profile: PromptProfile | None = None) -> Trajectory:
+    """A copy of ``traj`` whose ``token_ids`` / ``action_mask`` / ``prompt_length`` are :func:`replay_tokens`'
+    (and whose ``prompt_profile`` names the profile it was laid out in)."""
     import dataclasses
 
-    ids, mask, plen = replay_tokens(traj, tokenizer, cfg)
-    return dataclasses.replace(traj, token_ids=ids, action_mask=mask, prompt_length=plen)
+    prof = profile if profile is not None else trajectory_profile(traj)
+    ids, mask, plen = replay_tokens(traj, tokenizer, cfg, prof)
+    return dataclasses.replace(traj, token_ids=ids, action_mask=mask, prompt_length=plen, prompt_profile=prof.tag)
