@@ -36,8 +36,10 @@ weights exist only while it runs (all-gathered, then freed).
 
 A single process (world size 1) has nothing to shard: ``RLTrainer.from_pretrained`` then builds the plain
 trainer. ``python -m s3core.rl.fsdp`` (under ``torchrun``) runs FSDP steps on synthetic samples -- the
-one-node entry used by ``bench/fsdp.py`` and ``bench/gpu_smoke_fsdp.sh``; ``train.backend: ray`` runs the
-full loop with ``rl.strategy: fsdp`` inside the Ray Train workers.
+one-node entry used by ``scripts/gpu_smoke_fsdp.sh`` (``bench/fsdp.py`` spawns its ranks itself). The full
+loop is meant to run with ``rl.strategy: fsdp`` inside the Ray Train workers (``train.backend: ray``); that
+path still broadcasts replicated parameters and resumes on rank 0 alone (``s3core.train.ray_backend``), so it
+is not yet usable with this strategy (issue 14).
 """
 
 from __future__ import annotations
