@@ -23,17 +23,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grpc
-
 from s3.v1 import retriever_pb2, retriever_pb2_grpc
 from s3_retriever import metrics
 from s3core.config import RetrieverConfig
 from s3core.errors import InvalidArgument, NotFound, Unavailable
 from s3core.retrieval import IndexInfo, Retriever
-from s3core.retrieval.batching import BatchObserver, DynamicBatcher, QueueFull
+from s3core.retrieval.batching import BatchObserver, DynamicBatcher
 from s3core.retrieval.shards import SHARD_KEY
 from s3core.rpc.convert import doc_to_pb
-from s3core.rpc.server import clip_details
 from s3core.types import Doc
 
 SERVICE_NAME = "s3.v1.Retriever"
@@ -216,11 +213,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServicer):
     async def Search(self, request: retriever_pb2.SearchRequest, context: Any) -> retriever_pb2.SearchResponse:
         # validate on the loop (cheap, no thread hop for bad input); the search is batched or threaded
         queries = list(request.queries)
-        try:
-            name, results = await self.core.search_async(queries, request.k, request.index)
-        except QueueFull as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, clip_details(str(exc)))
-            raise  # not reached: abort raises
+        # a full queue raises QueueFull (a ResourceExhausted): the shared interceptor answers RESOURCE_EXHAUSTED
+        name, results = await self.core.search_async(queries, request.k, request.index)
         if sum(len(r) for r in results) <= INLINE_PB_HITS:
             return search_response(results, name)
         return await asyncio.to_thread(search_response, results, name)

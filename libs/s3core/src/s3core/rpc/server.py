@@ -115,8 +115,40 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+class _Measured:
+    """One RPC's count, timing and status: how an error becomes a status, written once for unary and
+    streaming handlers alike."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service, self.method = service, method
+        self.code = grpc.StatusCode.OK
+        self.start = time.perf_counter()
+        GRPC_STARTED.labels(service, method).inc()
+
+    async def fail(self, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+        """Map ``exc`` (called from its ``except`` block) to a status and abort; always raises."""
+        if isinstance(exc, grpc.aio.AbortError):  # the servicer aborted itself: keep its status
+            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, S3Error):
+            self.code = status_for(exc)
+            details = str(exc)
+        else:  # anything unexpected
+            self.code = grpc.StatusCode.INTERNAL
+            logger.exception("%s/%s failed", self.service, self.method)
+            details = f"internal error: {type(exc).__name__}: {exc}"
+        await context.abort(self.code, clip_details(details))
+
+    def done(self, context: grpc.aio.ServicerContext) -> None:
+        ctx_code = context.code()
+        if isinstance(ctx_code, grpc.StatusCode) and self.code == grpc.StatusCode.OK:
+            self.code = ctx_code  # set by the servicer without raising
+        GRPC_HANDLED.labels(self.service, self.method, self.code.name).inc()
+        GRPC_HANDLING_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.start)
+
+
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every RPC; maps domain errors to status codes."""
+    """Counts and times every RPC; maps domain errors to status codes (:class:`_Measured`)."""
 
     async def intercept_service(
         self,
@@ -134,27 +166,13 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                GRPC_STARTED.labels(service, method).inc()
-                start = time.perf_counter()
-                code = grpc.StatusCode.OK
+                call = _Measured(service, method)
                 try:
                     return await inner(request, context)
-                except S3Error as exc:
-                    code = status_for(exc)
-                    await context.abort(code, clip_details(str(exc)))
-                except Exception as exc:  # noqa: BLE001 - anything unexpected
-                    if isinstance(exc, grpc.aio.AbortError):
-                        code = context.code() or grpc.StatusCode.UNKNOWN
-                        raise
-                    code = grpc.StatusCode.INTERNAL
-                    logger.exception("%s/%s failed", service, method)
-                    await context.abort(code, clip_details(f"internal error: {type(exc).__name__}: {exc}"))
+                except Exception as exc:  # noqa: BLE001 - every error gets a status
+                    await call.fail(exc, context)
                 finally:
-                    ctx_code = context.code()
-                    if isinstance(ctx_code, grpc.StatusCode) and code == grpc.StatusCode.OK:
-                        code = ctx_code
-                    GRPC_HANDLED.labels(service, method, code.name).inc()
-                    GRPC_HANDLING_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+                    call.done(context)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -166,25 +184,14 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                GRPC_STARTED.labels(service, method).inc()
-                start = time.perf_counter()
-                code = grpc.StatusCode.OK
+                call = _Measured(service, method)
                 try:
                     async for item in inner_stream(request, context):
                         yield item
-                except S3Error as exc:
-                    code = status_for(exc)
-                    await context.abort(code, clip_details(str(exc)))
-                except Exception as exc:  # noqa: BLE001
-                    if isinstance(exc, grpc.aio.AbortError):
-                        code = context.code() or grpc.StatusCode.UNKNOWN
-                        raise
-                    code = grpc.StatusCode.INTERNAL
-                    logger.exception("%s/%s failed", service, method)
-                    await context.abort(code, clip_details(f"internal error: {type(exc).__name__}: {exc}"))
+                except Exception as exc:  # noqa: BLE001 - every error gets a status
+                    await call.fail(exc, context)
                 finally:
-                    GRPC_HANDLED.labels(service, method, code.name).inc()
-                    GRPC_HANDLING_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+                    call.done(context)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
