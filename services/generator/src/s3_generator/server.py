@@ -10,9 +10,7 @@ the ready file is written (see :mod:`s3core.rpc.service_main`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import sys
 from typing import Any, Sequence
 
 import grpc
@@ -23,7 +21,7 @@ from s3_generator.servicer import GeneratorServicer
 from s3core.config import GeneratorConfig, load_config
 from s3core.errors import S3Error
 from s3core.generation import BACKENDS, make_generator
-from s3core.rpc.service_main import ServiceSpec, add_common_args, serve
+from s3core.rpc.service_main import ServiceSpec, add_common_args, config_error, run_service
 from s3core.telemetry.logging import setup_logging
 
 logger = logging.getLogger("s3_generator")
@@ -80,24 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, presets=args.preset, overrides={"generator": gen_over} if gen_over else None)
     except S3Error as exc:
-        print(f"s3-generator: {exc}", file=sys.stderr)
-        return 2
+        return config_error("generator", exc)
     g = cfg.generator
     host = args.host or g.host
     port = g.port if args.port is None else args.port
     http_port = g.http_port if args.http_port is None else args.http_port
     spec, servicer = build_spec(g, cache_dir=args.model_cache)
-    try:
-        asyncio.run(serve(spec, host, port, http_port, args.ready_file))
-    except S3Error as exc:
-        logger.error("generator failed: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    finally:
+    def cleanup() -> None:
         if servicer.ready:
             servicer.generator.close()
-    return 0
+
+    return run_service(spec, host, port, http_port, args.ready_file, cleanup=cleanup)
 
 
 if __name__ == "__main__":

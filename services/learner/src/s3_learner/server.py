@@ -13,9 +13,7 @@ from ``learner.model`` (default: ``searcher.model``).  Training metrics (``s3_tr
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import sys
 from typing import Any, Sequence
 
 import grpc
@@ -24,7 +22,7 @@ from s3.v1 import learner_pb2_grpc
 from s3_learner.servicer import SERVICE_NAME, LearnerServicer
 from s3core.config import Config, load_config
 from s3core.errors import S3Error, Unavailable
-from s3core.rpc.service_main import ServiceSpec, add_common_args, serve
+from s3core.rpc.service_main import ServiceSpec, add_common_args, config_error, run_service
 from s3core.telemetry.logging import setup_logging
 
 logger = logging.getLogger("s3_learner")
@@ -102,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, presets=args.preset, overrides=_overrides(args))
     except S3Error as exc:
-        print(f"s3-learner: error: {exc}", file=sys.stderr)
-        return 2
+        return config_error("learner", exc)
     holder = CoreHolder(cfg, resume=not args.no_resume)
     servicer = LearnerServicer(holder, cfg.learner.max_trajectories, cfg.learner.max_tokens)
 
@@ -113,14 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = ServiceSpec(name="learner", service_names=[SERVICE_NAME], register=register, load=holder.load,
                        is_ready=lambda: holder._core is not None, max_message_bytes=256 * 1024 * 1024,
                        max_concurrent_rpcs=cfg.learner.max_concurrent_rpcs)
-    try:
-        asyncio.run(serve(spec, cfg.learner.host, cfg.learner.port, cfg.learner.http_port, args.ready_file))
-    except S3Error as exc:
-        print(f"s3-learner: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_service(spec, cfg.learner.host, cfg.learner.port, cfg.learner.http_port, args.ready_file)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,7 @@ one line naming the shard and the reason, stays up with health NOT_SERVING (``/h
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
-import sys
 import threading
 from typing import Any
 
@@ -31,7 +28,7 @@ from s3core.config import load_config
 from s3core.errors import S3Error
 from s3core.retrieval import Retriever, load_index
 from s3core.retrieval.shards import ShardSetError, load_shard_set, plan_index_dirs, shard_block
-from s3core.rpc.service_main import ServiceSpec, add_common_args, serve
+from s3core.rpc.service_main import NotServing, ServiceSpec, add_common_args, config_error, run_service
 from s3core.telemetry.logging import setup_logging
 
 logger = logging.getLogger("s3_retriever")
@@ -89,13 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("no index: pass --index DIR (or set retriever.index in the config)")
         groups = plan_index_dirs(dirs)  # fail fast, before binding, on a path that is not an index
     except S3Error as exc:
-        print(f"s3-retriever: error: {exc}", file=sys.stderr)
-        return 2
+        return config_error("retriever", exc)
 
     core = RetrieverCore(rc)
     servicer = RetrieverServicer(core)
     loaded = threading.Event()
-    loop_box: list[asyncio.AbstractEventLoop] = []
 
     def load() -> None:
         ready: list[tuple[Retriever, dict[str, Any] | None, str]] = []
@@ -113,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 r.close()
             core.not_serving_reason = str(exc)
             logger.error("NOT serving: %s; health stays NOT_SERVING (no partial results)", exc)
-            _park_until_signal(loop_box[0])
-            raise _Stopped from None
+            raise NotServing(str(exc)) from None
         except BaseException:
             for r, _, _ in ready:
                 r.close()
@@ -137,44 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_http=lambda side: setup_http(core, side),
         max_concurrent_rpcs=rc.max_concurrent_rpcs,
     )
-    async def run() -> None:
-        loop_box.append(asyncio.get_running_loop())
-        await serve(spec, rc.host, rc.port, rc.http_port, args.ready_file)
-
-    try:
-        asyncio.run(run())
-    except _Stopped:
-        return 0  # stopped by a signal while not serving
-    except S3Error as exc:
-        print(f"s3-retriever: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        core.close()
-    return 0
-
-
-class _Stopped(Exception):
-    """Raised by the load thread when a signal ends a server that stayed NOT_SERVING."""
-
-
-def _park_until_signal(loop: asyncio.AbstractEventLoop) -> None:
-    """Block the load thread (so health stays NOT_SERVING) until SIGTERM / SIGINT.
-
-    ``serve`` waits for the load to finish before it listens for its stop event, so the signals
-    are re-routed here; returning lets ``serve`` shut the server down cleanly."""
-    release = threading.Event()
-
-    def reroute() -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, release.set)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
-                pass
-
-    loop.call_soon_threadsafe(reroute)
-    release.wait()
+    return run_service(spec, rc.host, rc.port, rc.http_port, args.ready_file, cleanup=core.close)
 
 
 if __name__ == "__main__":

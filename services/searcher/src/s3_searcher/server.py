@@ -13,9 +13,7 @@ bounded retries.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import sys
 from typing import Any, Sequence
 
 import grpc
@@ -27,7 +25,7 @@ from s3core.config import Config, load_config
 from s3core.errors import S3Error
 from s3core.rpc.clients import retriever_client
 from s3core.rpc.retry import RetryingSearch, RetryPolicy
-from s3core.rpc.service_main import ServiceSpec, add_common_args, serve
+from s3core.rpc.service_main import ServiceSpec, add_common_args, config_error, run_service
 from s3core.telemetry.logging import setup_logging
 
 logger = logging.getLogger("s3_searcher")
@@ -87,8 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, presets=args.preset, overrides=_overrides(args))
     except S3Error as exc:
-        print(f"s3-searcher: error: {exc}", file=sys.stderr)
-        return 2
+        return config_error("searcher", exc)
     sc = cfg.searcher
     if not sc.retriever:
         parser.error("no retriever: pass --retriever HOST:PORT (or set searcher.retriever in the config)")
@@ -123,17 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_concurrent_rpcs=sc.max_concurrent_rpcs,
         setup_http=setup_http,
     )
-    try:
-        asyncio.run(serve(spec, sc.host, sc.port, sc.http_port, args.ready_file))
-    except S3Error as exc:
-        print(f"s3-searcher: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
+    def cleanup() -> None:
         search.close()
         core.close()  # a vLLM policy's engine processes go with it
-    return 0
+
+    return run_service(spec, sc.host, sc.port, sc.http_port, args.ready_file, cleanup=cleanup)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
 Order of start-up: bind gRPC (health NOT_SERVING) and the HTTP side-server → load the heavy part
 (index, model) in a thread → health SERVING → write the ready file (``{"grpc_port", "http_port",
 "pid"}``, atomically) → serve until SIGTERM/SIGINT → graceful stop.  Binding first means Kubernetes
-probes and ``s3 up`` see a live-but-loading server instead of a refused connection.
+probes and ``s3 up`` see a live-but-loading server instead of a refused connection.  A load that raises
+:class:`NotServing` leaves health NOT_SERVING until a signal (no partial service).
+
+A service's ``main`` parses its flags (:func:`add_common_args`), loads its config (a bad one:
+:func:`config_error`, exit 2), builds a :class:`ServiceSpec` and returns :func:`run_service`'s status.
+See docs/adding-a-service.md.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import grpc
 
+from s3core.errors import S3Error
 from s3core.io import write_json
 from s3core.rpc.http import SideServer
 from s3core.rpc.server import DEFAULT_MAX_MESSAGE_BYTES, start_server
@@ -33,6 +40,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, help="HTTP port for /metrics, /healthz (0 = pick)")
     parser.add_argument("--ready-file", help="write {grpc_port, http_port, pid} here once serving")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ...")
+
+
+class NotServing(Exception):
+    """Raised by a :attr:`ServiceSpec.load` that must not serve at all (say, an incomplete shard set): health
+    stays NOT_SERVING, the process waits for SIGTERM / SIGINT and then stops cleanly (exit status 0)."""
+
+
+def config_error(name: str, exc: BaseException) -> int:
+    """A service's bad flags or config: ``s3-<name>: error: ...`` on stderr, exit status 2."""
+    print(f"s3-{name}: error: {exc}", file=sys.stderr)
+    return 2
 
 
 @dataclass
@@ -80,11 +98,16 @@ async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_f
                 logging.shutdown()
                 os._exit(0)
         stopping.cancel()
-        await loading  # re-raises a load error
-        await running.set_serving(True)
-        if ready_file:
-            write_json(ready_file, {"grpc_port": running.port, "http_port": side.port, "pid": os.getpid()})
-        logger.info("%s: serving", spec.name)
+        try:
+            await loading  # re-raises a load error
+            serving = True
+        except NotServing:  # health stays NOT_SERVING until a signal
+            serving = False
+        if serving:
+            await running.set_serving(True)
+            if ready_file:
+                write_json(ready_file, {"grpc_port": running.port, "http_port": side.port, "pid": os.getpid()})
+            logger.info("%s: serving", spec.name)
         await stop.wait()
         stopped = True
     finally:
@@ -96,3 +119,21 @@ async def serve(spec: ServiceSpec, host: str, port: int, http_port: int, ready_f
         # wait for it (minutes for a long rollout): the RPCs are gone, so leave now.
         logging.shutdown()
         os._exit(0)
+
+
+def run_service(spec: ServiceSpec, host: str, port: int, http_port: int, ready_file: str | None = None,
+                cleanup: Callable[[], None] | None = None) -> int:
+    """Serve ``spec`` in this process until a signal; the exit status of the service's ``main``: 0 once
+    stopped, 1 on a platform error (``s3-<name>: error: ...`` on stderr), 130 on Ctrl-C.  ``cleanup`` runs
+    whatever happened (closing models, engines, indexes)."""
+    try:
+        asyncio.run(serve(spec, host, port, http_port, ready_file))
+    except S3Error as exc:
+        print(f"s3-{spec.name}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if cleanup is not None:
+            cleanup()
+    return 0
