@@ -19,7 +19,8 @@ import torch
 from s3core.config import RLConfig
 from s3core.rl.tiny import build_tiny_model
 
-# about 3 min under nice 19 on 2 busy cores (load ~6); most of it is process start-up and model loading
+# ~25 s of CPU time in all (parent and both ranks); wall 1m51-3m12 under nice 19 on 2 cores at load 4-12.
+# Most of it is process start-up and model loading, not the steps
 pytestmark = pytest.mark.timeout(600)
 
 WORLD = 2
