@@ -183,3 +183,19 @@ def test_replay_lays_an_episode_out_in_its_recorded_profile(tok: Any) -> None:
     assert replay_tokens(t, tok, cfg, get_profile("reference-layout"))[0] != t.token_ids
     with pytest.raises(InvalidArgument, match="unknown searcher prompt profile 'theirs'"):
         replay_tokens(dataclasses.replace(t, prompt_profile="theirs@1"), tok, cfg)
+
+
+def test_learner_exports_record_the_training_profile(tmp_path: Path) -> None:
+    """Policies the learner publishes carry the profile record, so the check above fires for them."""
+    from s3core.rl.tiny import build_tiny_model
+    from s3core.train.learner_core import LearnerCore
+
+    model = build_tiny_model(tmp_path / "tiny", seed=0)
+    name = next(n for n in PROFILES if n != DEFAULT_PROFILE)
+    cfg = load_config(overrides={"searcher": {"prompt_profile": name}, "rl": {"algorithm": "grpo", "device": "cpu"}})
+    core = LearnerCore(cfg, str(model), tmp_path / "ck")
+    assert core.trainer.prompt_profile == get_profile(name).tag
+    out = core.trainer.export_policy(tmp_path / "export")
+    assert read_profile_record(out) == get_profile(name).tag
+    core.trainer.prompt_profile = ""  # a bare trainer (no driver config) records nothing
+    assert read_profile_record(core.trainer.export_policy(tmp_path / "bare")) == ""

@@ -318,6 +318,10 @@ class FSDPTrainer(RLTrainer):
             finally:
                 model.config.dtype = saved_dtype
             self.tokenizer.save_pretrained(tmp)
+            if getattr(self, "prompt_profile", ""):
+                from s3core.search.profiles import write_profile_record
+
+                write_profile_record(tmp, self.prompt_profile)
         return out
 
 

@@ -257,6 +257,9 @@ class RLTrainer:
             self.critic_scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.critic_optimizer, LRSchedule(cfg.lr_schedule, cfg.warmup_steps))
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        # the searcher prompt profile the policy is trained on (name@version); exports record it so a
+        # searcher serving them under another profile warns or refuses (s3core.search.profiles)
+        self.prompt_profile = ""
         self._steps = 0
         self._rank, self._world = 0, 1  # data-parallel position during a step (see s3core.rl.distributed)
 
@@ -683,6 +686,10 @@ class RLTrainer:
             finally:
                 model.config.dtype = saved_dtype
             self.tokenizer.save_pretrained(tmp)
+            if self.prompt_profile:
+                from s3core.search.profiles import write_profile_record
+
+                write_profile_record(tmp, self.prompt_profile)
         return out
 
 

@@ -60,6 +60,9 @@ class LearnerCore:
         self.trainer = trainer or RLTrainer.from_pretrained(self.model_path, cfg.rl, device=device or cfg.rl.device
                                                             or None, total_steps=total,
                                                             temperature=cfg.search.temperature_train)
+        from s3core.search.profiles import get_profile
+
+        self.trainer.prompt_profile = get_profile(cfg.searcher.prompt_profile).tag
         self.checkpoints = CheckpointManager(self.root, keep_last=cfg.train.keep_last, keep_best=True)
         self.step = 0
         self.run_state: dict[str, Any] = {}

@@ -135,6 +135,11 @@ def run_sft(cfg: Config, *, model: str = "", teacher: Teacher | None = None,
     metrics.unlink(missing_ok=True)
     history = trainer.fit(samples, metrics_path=metrics, show_progress=show_progress)
     policy = trainer.export_policy(out / POLICY_DIR)
+    profiles = {t.prompt_profile for t in kept}  # the layout(s) the student was trained on (replay's)
+    if len(profiles) == 1 and "" not in profiles:
+        from s3core.search.profiles import write_profile_record
+
+        write_profile_record(policy, profiles.pop())
     result = SFTResult(
         out=str(out), policy=str(policy), model=model, examples=len(kept), skipped_no_action=skipped,
         action_tokens=sum(sum(s.action_mask) for s in samples), tokens=sum(len(s.token_ids) for s in samples),
