@@ -1,70 +1,17 @@
-"""Fixtures for the retriever-service integration tests: real indexes, a real server subprocess."""
+"""Fixtures for the retriever-service integration tests: real indexes, a real server subprocess (started by
+:mod:`_services`, the one launcher)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _services import Service, run_service  # noqa: F401  (Service: for the tests' annotations)
 
 BM25_DOCS = 3000
 DENSE_DOCS = 300
-
-
-@dataclass
-class Service:
-    proc: subprocess.Popen
-    grpc_port: int
-    http_port: int
-    log: Path
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def http_base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-
-@contextlib.contextmanager
-def run_service(module: str, args: list[str], workdir: Path, timeout: float = 120.0) -> Iterator[Service]:
-    """Start ``python -m module ... --port 0 --http-port 0 --ready-file F``; wait for F; stop it after."""
-    ready = workdir / "ready.json"
-    log = workdir / "service.log"
-    cmd = [sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
-           "--ready-file", str(ready)]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "S3_LOG_LEVEL": "INFO"})
-    try:
-        deadline = time.monotonic() + timeout
-        info = None
-        while info is None:
-            if proc.poll() is not None:
-                pytest.fail(f"{module} exited with code {proc.returncode}:\n{log.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{module} not ready after {timeout:.0f} s:\n{log.read_text(errors='replace')}")
-            if ready.exists():
-                with contextlib.suppress(json.JSONDecodeError):
-                    info = json.loads(ready.read_text())
-            time.sleep(0.05)
-        yield Service(proc=proc, grpc_port=int(info["grpc_port"]), http_port=int(info["http_port"]), log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _head(src: Path, dst: Path, n: int) -> Path:

@@ -29,6 +29,7 @@ import grpc
 import psutil
 import pytest
 import yaml
+from _services import start_service
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from s3.v1 import controller_pb2, controller_pb2_grpc
@@ -87,22 +88,13 @@ class ControllerProc:
 
     def start(self, timeout: float = 60.0) -> None:
         self.starts += 1
-        ready = self.workdir / f"ready-{self.starts}.json"
-        log = self.workdir / f"controller-{self.starts}.log"
-        cmd = [sys.executable, "-m", "s3_controller", "--redis-url", self.redis_url, "--port", "0", "--http-port", "0",
-               "--ready-file", str(ready), "--state-dir", str(self.workdir / "state"), "--heartbeat-interval", "0.5",
-               "--heartbeat-timeout", "8", "--reconcile-interval", "0.25", "--cancel-grace", "30",
-               "--worker-threads", "1", *self.extra]
-        env = {**os.environ, "S3_AUTH_TOKEN": TOKEN, "S3_LOG_LEVEL": "INFO"}
-        with log.open("wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while not ready.is_file():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"controller did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        self.port, self.http_port = int(info["grpc_port"]), int(info["http_port"])
+        args = ["--redis-url", self.redis_url, "--state-dir", str(self.workdir / "state"), "--heartbeat-interval", "0.5",
+                "--heartbeat-timeout", "8", "--reconcile-interval", "0.25", "--cancel-grace", "30",
+                "--worker-threads", "1", *self.extra]
+        svc = start_service("s3_controller", args, self.workdir, timeout, env={**os.environ, "S3_AUTH_TOKEN": TOKEN},
+                            ready=self.workdir / f"ready-{self.starts}.json",
+                            log=self.workdir / f"controller-{self.starts}.log")
+        self.proc, self.port, self.http_port = svc.proc, svc.grpc_port, svc.http_port
 
     @property
     def address(self) -> str:
