@@ -184,7 +184,12 @@ def test_grpo_with_learner_service_killed_mid_run(world: dict[str, Any], service
             resumed_at = client.status().step
             assert resumed_at == max(done)  # the newest checkpoint, nothing half-written
             cfg.train.learner = learner2.grpc_target
+            from s3core.train import metrics as train_metrics
+
+            train_metrics.PHASE_SECONDS.labels("publish").set(-1.0)
             summary = run_training(TrainJob(config=cfg, show_progress=False, redis_url=redis_url))
+            # learner-service mode: the driver still exports the phase it owns (LoadPolicy on the searcher)
+            assert train_metrics.PHASE_SECONDS.labels("publish")._value.get() >= 0.0
             assert summary.start_step == resumed_at and summary.steps == 3 and summary.version == 3
             st = client.status()
             client.close()

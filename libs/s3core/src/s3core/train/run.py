@@ -459,6 +459,8 @@ def drive(job: TrainJob, learner: Any = None, devices: int = 1) -> TrainSummary:
             tlog.log(step, row)
             if not tc.learner:
                 train_metrics.publish(step, version, row, trajectories=len(rolled))
+            else:  # the learner service exports its own phases; publishing (LoadPolicy) is the driver's
+                train_metrics.PHASE_SECONDS.labels("publish").set(row["publish_seconds"])
             summary.history.append({"step": step, **row})
             summary.steps, summary.version = step, version
             summary.last_checkpoint = res["checkpoint_path"] or summary.last_checkpoint
