@@ -124,6 +124,10 @@ SMOKE_PY ?= $(BIN)/python
 gpu-smoke: protos ## on a CUDA GPU: services with small models, s3 eval episodes, one RL step (skipped without a GPU)
 	@PY="$(SMOKE_PY)" bash bench/gpu_smoke.sh; rc=$$?; \
 	if [ $$rc -eq 77 ] && [ -z "$(REQUIRE_GPU)" ]; then exit 0; fi; exit $$rc
+.PHONY: gpu-smoke-fsdp
+gpu-smoke-fsdp: protos ## on >= 2 CUDA GPUs: FSDP2 RL steps, sharded checkpoint resumed exactly, rank-0 export (skipped otherwise)
+	@PY="$(SMOKE_PY)" bash scripts/gpu_smoke_fsdp.sh; rc=$$?; \
+	if [ $$rc -eq 77 ] && [ -z "$(REQUIRE_GPU)" ]; then exit 0; fi; exit $$rc
 
 clean: ## remove the venv, generated code and local state
 	rm -rf $(VENV) $(GEN_DIR)/s3 .s3
