@@ -81,8 +81,10 @@ def test_concurrent_searches_coalesce_with_the_same_answers(servers: dict[str, A
     off = asyncio.run(_burst(servers["off"].grpc_target, reqs))
     assert all(not isinstance(r, str) for r in on + off), Counter(r for r in on + off if isinstance(r, str))
     for r, a, b in zip(reqs, on, off):
-        assert len(a.results) == len(r.queries) and all(len(h.documents) == r.k for h in a.results)
+        # BM25 returns at most k: only documents sharing a term with the query (no score-0 padding)
+        assert len(a.results) == len(r.queries) and all(len(h.documents) <= r.k for h in a.results)
         assert _ranked(a) == _ranked(b)
+    assert sum(len(h.documents) == r.k for r, a in zip(reqs, on) for h in a.results) >= len(reqs) // 2
     calls = _metric(servers["on"], f"{name}_count") - before[0]
     batched = _metric(servers["on"], f"{name}_sum") - before[1]
     assert batched == len(reqs)
