@@ -89,7 +89,7 @@ train-demo: setup ## RL training on the embedded default: a few PPO steps of Smo
 # LEARN_OUT: where bench/learning.py writes (must be new); LEARN_ARGS: its other flags (see --help)
 LEARN_OUT ?= runs/learning-$(shell date +%Y%m%d-%H%M%S)
 LEARN_ARGS ?=
-learn-demo: setup ## does the searcher learn? warm start + GRPO + held-out GBR on the embedded default (~55 min, 2 cores)
+learn-demo: setup ## does the searcher learn? warm start + GRPO + held-out GBR on the embedded default (~80 min on 2 shared cores)
 	$(BIN)/python bench/learning.py --out $(LEARN_OUT) $(LEARN_ARGS)
 
 VLLM_DEP := $(if $(filter 1,$(VLLM)),vllm-env)
