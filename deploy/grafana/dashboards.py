@@ -263,7 +263,7 @@ def retriever() -> dict[str, Any]:
         stat("Mean batch", mean_of("s3_retriever_batch_size"), "none", "Mean number of queries per search request.",
              decimals=1),
         # replicas of one Service hold the same documents (max); shards (one Service each) add up (sum)
-        stat("Documents", f"sum by (backend) (max by (backend, service) (s3_retriever_index_documents{_sel()}))",
+        stat("Documents", f"sum by (backend) (max by (backend, index, service) (s3_retriever_index_documents{_sel()}))",
              "short", "Documents in each loaded index, by backend (bm25, dense, lucene); retriever shards add up.",
              w=6, legend="{{backend}}"),
         stat("Error ratio", f"1 - ({rate('grpc_server_handled_total', svc + ',' + OK)} / "

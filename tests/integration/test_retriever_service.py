@@ -6,6 +6,7 @@ Fixtures (``retriever_indexes``, ``retriever_service``) live in tests/integratio
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -210,8 +211,10 @@ def test_healthz_and_metrics(retriever_service: Any, stub: retriever_pb2_grpc.Re
     assert "s3_retriever_queries_total" in text
     assert "s3_retriever_search_seconds_bucket" in text
     assert "s3_retriever_batch_size_bucket" in text
-    assert f's3_retriever_index_documents{{backend="bm25"}} {float(retriever_indexes["bm25_docs"])}' in text
-    assert f's3_retriever_index_documents{{backend="dense"}} {float(retriever_indexes["dense_docs"])}' in text
+    for backend in ("bm25", "dense"):  # one series per loaded index, named
+        n = float(retriever_indexes[f"{backend}_docs"])
+        assert re.search(rf'^s3_retriever_index_documents\{{backend="{backend}",index="[^"]+"\}} {re.escape(str(n))}$',
+                         text, re.M), backend
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Search",grpc_service="s3.v1.Retriever"}' in text
 
 

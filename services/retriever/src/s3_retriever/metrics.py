@@ -14,7 +14,7 @@ BATCH_SIZE = Histogram(
     "s3_retriever_batch_size", "Queries per search request.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
 )
-INDEX_DOCUMENTS = Gauge("s3_retriever_index_documents", "Documents in each loaded index.", ["backend"])
+INDEX_DOCUMENTS = Gauge("s3_retriever_index_documents", "Documents in each loaded index.", ["backend", "index"])
 
 # dynamic batching (retriever.batch_window_ms > 0): how requests were coalesced into backend searches
 BATCHER_REQUESTS = Histogram(

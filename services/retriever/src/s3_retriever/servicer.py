@@ -80,7 +80,7 @@ class IndexSet:
                 self._shard[info.name] = dict(shard)
             if not self.default:
                 self.default = info.name
-        metrics.INDEX_DOCUMENTS.labels(info.backend).inc(info.num_documents)
+        metrics.INDEX_DOCUMENTS.labels(info.backend, info.name).set(info.num_documents)
 
     def __len__(self) -> int:
         return len(self._by_name)
