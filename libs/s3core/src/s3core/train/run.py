@@ -117,9 +117,8 @@ class _RemoteLearner:
 
     def update(self, scored: Sequence[Any], step: int, run_state: dict[str, Any], checkpoint: bool,
                metric: float | None, driver_stats: dict[str, float]) -> dict[str, Any]:
-        from s3core.train.samples import scored_to_pb
-
-        r = self.client.update([scored_to_pb(s) for s in scored], step, json.dumps(run_state), checkpoint=checkpoint,
+        # the client converts the domain records to their wire form (s3core.rpc.convert_learner)
+        r = self.client.update(list(scored), step, json.dumps(run_state), checkpoint=checkpoint,
                                metric=metric, driver_stats=driver_stats)
         return {"step": r.step, "version": r.policy_version, "stats": dict(r.stats),
                 "checkpoint_path": r.checkpoint_path, "policy_path": r.policy_path}
