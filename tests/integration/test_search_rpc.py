@@ -87,3 +87,24 @@ def test_search_rpc_bad_input_is_invalid_argument(stub: Any, request_kwargs: dic
         stub.Search(searcher_pb2.SearchAgentRequest(**request_kwargs), timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in (err.value.details() or ""), err.value.details()
+
+
+def test_searcher_client_search_gives_domain_types(stub: Any, searcher: Any, world: dict[str, Any]) -> None:
+    """SearcherClient.search: a Question in, a SearchAgentResult of Doc objects out, equal to the raw RPC."""
+    from s3core.errors import InvalidArgument
+    from s3core.rpc.clients import SearchAgentResult, SearcherClient
+    from s3core.types import Doc
+
+    q = world["questions"][0]
+    client = SearcherClient(searcher.grpc_target, timeout=900)
+    try:
+        out = client.search(q)
+        assert isinstance(out, SearchAgentResult) and out.question == q.question and out.answer is None
+        assert out.context and all(isinstance(d, Doc) and d.id and d.text for d in out.context)
+        raw = stub.Search(searcher_pb2.SearchAgentRequest(question=q.question), timeout=900)
+        assert [d.id for d in out.context] == [d.id for d in raw.context]
+        assert out.queries == list(raw.queries) and out.turns == raw.turns and out.policy_version == 0
+        with pytest.raises(InvalidArgument, match="preset"):
+            client.search("x", preset="9-9-9")
+    finally:
+        client.close()

@@ -193,7 +193,12 @@ def test_two_ranks_end_where_one_process_ends(runs: dict[str, Any], case: str) -
     for a, b in zip(single_stats, r0["stats"]):
         assert a.keys() == b.keys()
         for key, value in a.items():
-            if key != "update_seconds":
+            if key.endswith("clip_fraction"):
+                # a share of tokens past a threshold: where the clipped and unclipped terms tie (the
+                # zero-initialised critic head), float noise of the sharded sum can flip one token,
+                # a jump of 1/36 here (CI saw 0.0556 vs 0.0833); the parameters above stay tight
+                assert b[key] == pytest.approx(value, abs=0.1), key
+            elif key != "update_seconds":
                 assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert [{k: v for k, v in s.items() if k != "update_seconds"} for s in r0["stats"]] == \
            [{k: v for k, v in s.items() if k != "update_seconds"} for s in r1["stats"]]

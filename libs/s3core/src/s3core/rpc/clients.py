@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
@@ -235,6 +236,21 @@ class GeneratorClient(_Client):
             raise from_rpc_error(exc, f"generator {self.address} ModelInfo") from None
 
 
+@dataclass(frozen=True)
+class SearchAgentResult:
+    """What :meth:`SearcherClient.search` returns: the s3 context for ``question`` (the documents the
+    searcher selected, in order), the queries it issued, its turns, the policy version that ran, the
+    server's seconds, and the generator's answer when one was asked for (else ``None``)."""
+
+    question: str
+    context: list[Doc]
+    queries: list[str]
+    turns: int
+    policy_version: int
+    seconds: float
+    answer: str | None = None
+
+
 class SearcherClient(_Client):
     """The searcher service: rollouts (structured trajectories) and policy versions.
 
@@ -307,6 +323,23 @@ class SearcherClient(_Client):
             raise from_rpc_error(exc, f"searcher {self.address} LoadPolicy") from None
         return int(resp.version)
 
+    def search(self, question: Question | str, preset: str = "", answer: bool = False) -> SearchAgentResult:
+        """The search agent as a service (the ``Search`` RPC, like ``POST /search``): one greedy s3 episode
+        for ``question`` (a :class:`~s3core.types.Question` or its text); ``preset`` (e.g. ``"8-3-3"``)
+        replaces the searcher's knobs for this call; ``answer=True`` also asks for the generator's answer
+        (the searcher must run with ``--generator``).  Bad input raises InvalidArgument naming the field."""
+        text = question.question if isinstance(question, Question) else question
+        req = searcher_pb2.SearchAgentRequest(question=str(text), preset=str(preset or ""), answer=bool(answer))
+        try:
+            resp = self._stub.Search(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, f"searcher {self.address} Search") from None
+        return SearchAgentResult(
+            question=resp.question, context=docs_from_pb(resp.context), queries=list(resp.queries),
+            turns=int(resp.turns), policy_version=int(resp.policy_version), seconds=float(resp.seconds),
+            answer=resp.answer if resp.HasField("answer") else None,
+        )
+
     def policy_info(self) -> searcher_pb2.PolicyInfoResponse:
         try:
             return self._stub.PolicyInfo(searcher_pb2.PolicyInfoRequest(), timeout=60.0)
@@ -314,7 +347,7 @@ class SearcherClient(_Client):
             raise from_rpc_error(exc, f"searcher {self.address} PolicyInfo") from None
 
 
-__all__ = ["RetrieverClient", "GeneratorClient", "SearcherClient", "common_pb2", "retriever_client"]
+__all__ = ["RetrieverClient", "GeneratorClient", "SearcherClient", "SearchAgentResult", "common_pb2", "retriever_client"]
 
 
 class LearnerClient(_Client):
